@@ -1,0 +1,31 @@
+"""Settings for the whole system (a leaf package: it imports nothing else of collector)."""
+
+from collector.config.errors import SettingsError
+from collector.config.loader import env_name, load_settings, load_settings_or_exit
+from collector.config.settings import (
+    AppSettings,
+    InfluxSettings,
+    IngestSettings,
+    KafkaSettings,
+    MySQLSettings,
+    RedisSettings,
+    Settings,
+    WebSettings,
+    WindowSettings,
+)
+
+__all__ = [
+    "AppSettings",
+    "InfluxSettings",
+    "IngestSettings",
+    "KafkaSettings",
+    "MySQLSettings",
+    "RedisSettings",
+    "Settings",
+    "SettingsError",
+    "WebSettings",
+    "WindowSettings",
+    "env_name",
+    "load_settings",
+    "load_settings_or_exit",
+]

@@ -1,0 +1,62 @@
+"""Load and validate settings, turning pydantic's errors into one readable message."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from collector.config.errors import SettingsError
+from collector.config.settings import Settings
+
+
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    model: Any = Settings
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return False
+        model = field.annotation
+    return model is SecretStr
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """The environment variable that sets the field at ``loc``."""
+    return "COLLECTOR_" + "__".join(str(p).upper() for p in loc)
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int))
+    dotted = ".".join(str(p) for p in loc) or "settings"
+    msg = error["msg"]
+    text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {'.'.join(map(str, loc[1:]))}): {msg}" if len(
+        loc
+    ) > 1 else f"{dotted}: {msg}"
+    if error.get("type") != "missing" and not _is_secret(loc) and "input" in error:
+        shown = repr(error["input"])
+        text += f" (got {shown[:80]})"
+    return text
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; raise :class:`SettingsError` naming every bad field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError([_describe(err) for err in exc.errors()]) from None
+
+
+def load_settings_or_exit(**overrides: Any) -> Settings:
+    """For entry points: print the problems and exit 2 before anything connects."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        _die(exc)
+
+
+def _die(exc: SettingsError) -> NoReturn:
+    print(exc.render(), file=sys.stderr)
+    raise SystemExit(exc.exit_code)

@@ -1,0 +1,316 @@
+"""One settings model for the whole system.
+
+Defaults match the local stack (``collector stack up``), so a fresh checkout needs no
+configuration.  An INI file named by ``COLLECTOR_CONFIG`` overrides the defaults and
+``COLLECTOR_*`` environment variables (nested with ``__``) override both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from collector.config.ini import IniSettingsSource
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_SOURCE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept ``a,b`` as well as a list, so INI files and env vars stay readable."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class KafkaSettings(_Section):
+    """Broker connection, security, topics and consumer-group timings."""
+
+    bootstrap_servers: CsvList = Field(
+        default=["127.0.0.1:19092"],
+        description="Comma-separated host:port list of Kafka brokers.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How the worker talks to the brokers."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str = Field(default="", description="SASL user name.")
+    sasl_password: SecretStr = Field(default=SecretStr(""), description="SASL password.")
+    ssl_cafile: str = Field(default="", description="CA bundle for TLS (empty: system CAs).")
+    ssl_certfile: str = Field(default="", description="Client certificate for mutual TLS.")
+    ssl_keyfile: str = Field(default="", description="Client key for mutual TLS.")
+    sources: CsvList = Field(
+        default=["mobile", "web", "openapi"],
+        description="Event sources; each has its raw topic <raw_topic_prefix><source>.",
+    )
+    raw_topic_prefix: str = Field(default="collect.raw.", description="Prefix of raw topics.")
+    enriched_topic: str = Field(default="collect.enriched", description="Enriched events.")
+    deadletter_topic: str = Field(default="collect.deadletter", description="Dead letters.")
+    users_topic: str = Field(default="collect.users", description="User profile updates.")
+    partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
+    replication_factor: int = Field(default=1, ge=1, le=16, description="Topic replication.")
+    session_timeout: float = Field(
+        default=6.0,
+        gt=0,
+        description="Consumer session timeout (s). Fast for the dev broker; use 30-60 on Kafka.",
+    )
+    heartbeat_interval: float = Field(
+        default=1.0, gt=0, description="Consumer heartbeat interval (s); keep < timeout/3."
+    )
+    rebalance_timeout: float = Field(default=60.0, gt=0, description="Rebalance timeout (s).")
+    commit_interval: float = Field(default=2.8, gt=0, description="Offset commit interval (s).")
+    producer_linger: float = Field(
+        default=0.01, ge=0, description="Producer linger (s); 0 sends one request per write."
+    )
+    max_poll_records: int = Field(default=1000, ge=1, description="Records per fetch.")
+
+    @field_validator("bootstrap_servers", "sources", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hostports(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one broker is needed")
+        for item in value:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one source is needed")
+        for item in value:
+            if not _SOURCE_RE.match(item):
+                raise ValueError(f"source {item!r} must match {_SOURCE_RE.pattern}")
+        if len(set(value)) != len(value):
+            raise ValueError("sources must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topics(self) -> KafkaSettings:
+        for name in (self.enriched_topic, self.deadletter_topic, self.users_topic, *self.raw_topics):
+            if not _TOPIC_RE.match(name):
+                raise ValueError(f"topic name {name!r} is not a valid Kafka topic name")
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError("heartbeat_interval must be smaller than session_timeout")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError("sasl_username is required when security_protocol is SASL_*")
+        return self
+
+    @property
+    def raw_topics(self) -> list[str]:
+        return [self.raw_topic_prefix + source for source in self.sources]
+
+    def raw_topic(self, source: str) -> str:
+        return self.raw_topic_prefix + source
+
+    def source_of(self, topic: str) -> str | None:
+        """The source a raw topic belongs to, or None for a foreign topic."""
+        if topic.startswith(self.raw_topic_prefix):
+            source = topic[len(self.raw_topic_prefix) :]
+            if source in self.sources:
+                return source
+        return None
+
+
+class RedisSettings(_Section):
+    """Enrichment cache (cache-aside in front of MySQL ``users``)."""
+
+    url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:16379/0"), description="redis:// URL of the cache."
+    )
+    user_ttl: int = Field(default=600, ge=1, description="TTL (s) of a cached user profile.")
+    negative_ttl: int = Field(default=60, ge=1, description="TTL (s) of an unknown-user marker.")
+    timeout: float = Field(default=0.25, gt=0, description="Per-call Redis timeout (s).")
+    key_prefix: str = Field(default="collector:user:", description="Cache key prefix.")
+
+
+class MySQLSettings(_Section):
+    """Source of truth for users, and the aggregate sink."""
+
+    dsn: SecretStr = Field(
+        default=SecretStr("mysql://collector:collector@127.0.0.1:13306/collector"),
+        description="mysql://user:password@host:port/database",
+    )
+    timeout: float = Field(default=2.0, gt=0, description="Connect/query timeout (s).")
+    pool_size: int = Field(default=4, ge=1, le=64, description="Connection pool size.")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: SecretStr) -> SecretStr:
+        parsed = urlsplit(value.get_secret_value())
+        if parsed.scheme not in ("mysql", "mariadb") or not parsed.hostname:
+            raise ValueError("must look like mysql://user:password@host:port/database")
+        if not parsed.path.strip("/"):
+            raise ValueError("must name a database (mysql://…/database)")
+        return value
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiomysql, parsed from the DSN."""
+        parsed = urlsplit(self.dsn.get_secret_value())
+        return {
+            "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or 3306,
+            "user": unquote(parsed.username or ""),
+            "password": unquote(parsed.password or ""),
+            "db": parsed.path.strip("/"),
+        }
+
+
+class InfluxSettings(_Section):
+    """Aggregate sink. ``v1`` writes to ``/write`` (1.x, also 2.x/3.x); ``v2`` to /api/v2."""
+
+    url: str = Field(default="http://127.0.0.1:18086", description="InfluxDB base URL.")
+    api: Literal["v1", "v2"] = Field(default="v1", description="Write API to use.")
+    database: str = Field(default="collector", description="v1 database.")
+    retention_policy: str = Field(default="", description="v1 retention policy (empty: default).")
+    username: str = Field(default="", description="v1 user.")
+    password: SecretStr = Field(default=SecretStr(""), description="v1 password.")
+    org: str = Field(default="collector", description="v2 organisation.")
+    bucket: str = Field(default="collector", description="v2 bucket.")
+    token: SecretStr = Field(default=SecretStr(""), description="v2 API token.")
+    timeout: float = Field(default=5.0, gt=0, description="HTTP timeout (s).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class WindowSettings(_Section):
+    """Event-time windows and how they are closed and flushed."""
+
+    tumbling_seconds: int = Field(default=60, ge=1, description="event_stats/user_activity size.")
+    hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
+    hopping_step_seconds: int = Field(default=60, ge=1, description="segment_stats advance.")
+    grace_seconds: int = Field(default=60, ge=0, description="Lateness allowed past window end.")
+    idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Wall-clock quiet time after which windows close."
+    )
+    flush_interval_seconds: float = Field(default=5.0, gt=0, description="Sink flush period.")
+    expires_seconds: int = Field(default=3600, ge=60, description="How long tables keep windows.")
+
+    @model_validator(mode="after")
+    def _hopping(self) -> WindowSettings:
+        if self.hopping_step_seconds > self.hopping_size_seconds:
+            raise ValueError("hopping_step_seconds must not exceed hopping_size_seconds")
+        if self.hopping_size_seconds % self.hopping_step_seconds:
+            raise ValueError("hopping_size_seconds must be a multiple of hopping_step_seconds")
+        return self
+
+
+class WebSettings(_Section):
+    """Faust's web server: view, API, metrics, ingest."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address.")
+    port: int = Field(default=16066, ge=1, le=65535, description="Bind port.")
+    advertised_host: str = Field(
+        default="127.0.0.1", description="Host other workers use to reach this one."
+    )
+    ingest_token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token for HTTP ingest (empty: no auth)."
+    )
+    api_token: SecretStr = Field(
+        default=SecretStr(""), description="Bearer token for API and metrics (empty: no auth)."
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body."
+    )
+
+
+class IngestSettings(_Section):
+    """The event contract's tunable limits."""
+
+    max_message_bytes: int = Field(default=64 * 1024, ge=256, description="Largest raw message.")
+    max_batch_events: int = Field(default=500, ge=1, description="Largest batch envelope.")
+    future_skew_seconds: int = Field(default=300, ge=0, description="Allowed clock skew ahead.")
+    allow_unknown_fields: bool = Field(
+        default=False, description="Drop unknown top-level fields instead of rejecting."
+    )
+    forward_enriched: bool = Field(
+        default=True, description="Produce every enriched event to the enriched topic."
+    )
+
+
+class AppSettings(_Section):
+    """The Faust application itself."""
+
+    id: str = Field(default="collector", description="Faust app id and consumer group.")
+    store: Literal["rocksdb", "memory"] = Field(default="rocksdb", description="Table store.")
+    datadir: Path = Field(default=Path(".local/faust"), description="Table state directory.")
+    standby_replicas: int = Field(default=1, ge=0, description="Table standby replicas.")
+    instance_id: str = Field(
+        default="", description="Static group membership id (empty: dynamic membership)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _TOPIC_RE.match(value):
+            raise ValueError("app id must be a valid Kafka name ([A-Za-z0-9._-])")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything collector can be told. Sections mirror the INI file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COLLECTOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+    )
+
+    app: AppSettings = Field(default_factory=AppSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    mysql: MySQLSettings = Field(default_factory=MySQLSettings)
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: explicit kwargs, then COLLECTOR_* env, then the INI file, then defaults.
+        return (init_settings, env_settings, IniSettingsSource(settings_cls))

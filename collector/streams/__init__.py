@@ -1,0 +1,1 @@
+"""Faust agents: validation, enrichment, aggregation."""

@@ -1,0 +1,1 @@
+"""Web views on Faust's server."""
