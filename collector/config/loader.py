@@ -35,7 +35,8 @@ def _describe(error: Any) -> str:
     text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {'.'.join(map(str, loc[1:]))}): {msg}" if len(
         loc
     ) > 1 else f"{dotted}: {msg}"
-    if error.get("type") != "missing" and not _is_secret(loc) and "input" in error:
+    shown_ok = isinstance(error.get("input"), str | int | float | bool)  # never a section dict
+    if error.get("type") != "missing" and shown_ok and len(loc) > 1 and not _is_secret(loc):
         shown = repr(error["input"])
         text += f" (got {shown[:80]})"
     return text

@@ -1,0 +1,50 @@
+# The two commands a newcomer needs:  make run   and   make test
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_USERS ?= 1000
+DEMO_RATE ?= 200
+
+.PHONY: run test lint down status bench venv unit clean-state
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash deploy/local/bootstrap.sh "$(PY)" "$(VENV)"
+	@touch $(STAMP)
+
+## make run: venv, stack up, migrate, seed, topics, demo producer + worker (Ctrl-C stops both)
+run: $(STAMP)
+	$(BIN)/collector stack up
+	$(BIN)/collector db migrate
+	$(BIN)/collector db seed --users $(DEMO_USERS)
+	$(BIN)/collector topics create
+	@bash deploy/local/run-demo.sh "$(BIN)" "$(DEMO_USERS)" "$(DEMO_RATE)"
+
+## make test: lint + type check + the whole test suite (starts the stack it needs)
+test: $(STAMP)
+	$(BIN)/ruff check collector tests deploy benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check collector tests deploy benchmarks
+	$(BIN)/ruff format --check collector tests deploy benchmarks || true
+	$(BIN)/mypy
+
+down: $(STAMP)
+	$(BIN)/collector stack down
+
+status: $(STAMP)
+	$(BIN)/collector stack status
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean-state:
+	rm -rf .local/faust
