@@ -35,6 +35,17 @@ class QuietWorker(faust.Worker):
         super().on_setup_root_logger(logger, level)
 
 
+class CollectorApp(faust.App):
+    """Faust's app, but a module that fails to import stops the worker.
+
+    Faust only logs autodiscovery import errors and runs on without the agents of the
+    broken module: a worker that consumes nothing while looking healthy.
+    """
+
+    def _on_autodiscovery_error(self, name: str) -> None:
+        raise RuntimeError(f"collector: importing {name!r} failed; refusing to start")
+
+
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
     kafka = settings.kafka
     context = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
@@ -94,4 +105,4 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> faust.App:
     """A configured, not yet started, Faust app."""
-    return faust.App(settings.app.id, **faust_options(settings))
+    return CollectorApp(settings.app.id, **faust_options(settings))

@@ -32,9 +32,11 @@ def _describe(error: Any) -> str:
     loc = tuple(p for p in error["loc"] if not isinstance(p, int))
     dotted = ".".join(str(p) for p in loc) or "settings"
     msg = error["msg"]
-    text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {'.'.join(map(str, loc[1:]))}): {msg}" if len(
-        loc
-    ) > 1 else f"{dotted}: {msg}"
+    if len(loc) > 1:
+        ini_key = ".".join(map(str, loc[1:]))
+        text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {ini_key}): {msg}"
+    else:
+        text = f"{dotted}: {msg}"
     shown_ok = isinstance(error.get("input"), str | int | float | bool)  # never a section dict
     if error.get("type") != "missing" and shown_ok and len(loc) > 1 and not _is_secret(loc):
         shown = repr(error["input"])

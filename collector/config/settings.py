@@ -68,6 +68,10 @@ class KafkaSettings(_Section):
     enriched_topic: str = Field(default="collect.enriched", description="Enriched events.")
     deadletter_topic: str = Field(default="collect.deadletter", description="Dead letters.")
     users_topic: str = Field(default="collect.users", description="User profile updates.")
+    partials_topic: str = Field(
+        default="collect.partials",
+        description="Per-partition partial aggregates (combiner output, merged downstream).",
+    )
     partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
     replication_factor: int = Field(default=1, ge=1, le=16, description="Topic replication.")
     session_timeout: float = Field(
@@ -115,7 +119,8 @@ class KafkaSettings(_Section):
 
     @model_validator(mode="after")
     def _check_topics(self) -> KafkaSettings:
-        for name in (self.enriched_topic, self.deadletter_topic, self.users_topic, *self.raw_topics):
+        for name in (self.enriched_topic, self.deadletter_topic, self.users_topic,
+                     self.partials_topic, *self.raw_topics):
             if not _TOPIC_RE.match(name):
                 raise ValueError(f"topic name {name!r} is not a valid Kafka topic name")
         if self.heartbeat_interval >= self.session_timeout:

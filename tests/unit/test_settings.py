@@ -38,8 +38,7 @@ def test_ini_overrides_defaults_and_env_overrides_ini(
 ) -> None:
     ini = tmp_path / "config.ini"
     ini.write_text(
-        "[kafka]\nbootstrap_servers = k1:9092, k2:9092\npartitions = 12\n"
-        "[redis]\nuser_ttl = 900\n"
+        "[kafka]\nbootstrap_servers = k1:9092, k2:9092\npartitions = 12\n[redis]\nuser_ttl = 900\n"
     )
     monkeypatch.setenv("COLLECTOR_CONFIG", str(ini))
     monkeypatch.setenv("COLLECTOR_KAFKA__PARTITIONS", "24")
@@ -113,8 +112,14 @@ def test_rules(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: st
 
 
 def test_sasl_and_ssl_reach_faust_credentials() -> None:
-    s = load_settings(kafka={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "svc",
-                             "sasl_password": "pw", "sasl_mechanism": "SCRAM-SHA-512"})
+    s = load_settings(
+        kafka={
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_username": "svc",
+            "sasl_password": "pw",
+            "sasl_mechanism": "SCRAM-SHA-512",
+        }
+    )
     creds = broker_credentials(s)
     assert creds.username == "svc" and creds.password == "pw"
     assert str(creds.mechanism.value) == "SCRAM-SHA-512"
@@ -131,11 +136,20 @@ def test_configuration_doc_matches_the_model() -> None:
 
 
 def test_bad_setting_stops_the_worker_with_status_2() -> None:
-    env = {**os.environ, "COLLECTOR_KAFKA__PARTITIONS": "zero",
-           "COLLECTOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    env = {
+        **os.environ,
+        "COLLECTOR_KAFKA__PARTITIONS": "zero",
+        "COLLECTOR_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
     faust = Path(sys.executable).with_name("faust")
-    proc = subprocess.run([str(faust), "-A", "collector", "worker"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(faust), "-A", "collector", "worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "kafka.partitions" in proc.stderr
     assert "COLLECTOR_KAFKA__PARTITIONS" in proc.stderr

@@ -1,0 +1,183 @@
+"""The ``collector`` command: our own tools beside Faust's CLI (``faust -A collector …``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from collector.config import Settings, load_settings_or_exit
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "stack.py"
+
+
+def _stack(args: argparse.Namespace, _settings: Settings) -> int:
+    if not STACK_SCRIPT.exists():
+        print(f"collector: {STACK_SCRIPT} not found (the stack needs a source checkout)",
+              file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("collector_local_stack", STACK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main([args.action]))
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from collector.db import migrate
+
+    applied = asyncio.run(migrate(settings))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
+def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.db.seed import seed_users
+
+    count = asyncio.run(seed_users(settings, args.users, seed=args.seed))
+    print(f"seeded {count} demo users")
+    return 0
+
+
+def _topics(_args: argparse.Namespace, settings: Settings) -> int:
+    from collector.sources.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    print(f"created {len(created)} topic(s): {', '.join(created) or 'none (all exist)'}")
+    return 0
+
+
+def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.cli.produce import produce
+    from collector.sources.generator import DEFAULT_TYPES, GeneratorConfig
+
+    types = tuple(t for t in args.types.split(",") if t) if args.types else DEFAULT_TYPES
+    config = GeneratorConfig(
+        events=args.events,
+        users=args.users,
+        types=types[: args.type_count] if args.type_count else types,
+        sources=tuple(settings.kafka.sources),
+        malformed_share=args.malformed,
+        batch=args.batch,
+        seed=args.seed,
+        max_message_bytes=settings.ingest.max_message_bytes,
+    )
+    summary = asyncio.run(produce(settings, config, rate=args.rate))
+    print(json.dumps(summary, indent=None if args.json else 2))
+    return 0
+
+
+def _users_upsert(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.sources import ProfileCache, UserProfile, UserRepository, upsert_user
+
+    profile = UserProfile(args.user_id, args.segment, args.country, args.plan)
+
+    async def run() -> None:
+        repo, cache = UserRepository(settings.mysql), ProfileCache(settings.redis)
+        try:
+            await upsert_user(repo, cache, profile)
+        finally:
+            await repo.close()
+            await cache.close()
+
+    asyncio.run(run())
+    print(f"upserted {profile.user_id}; cache invalidated")
+    return 0
+
+
+def _config_docs(args: argparse.Namespace, _settings: Settings) -> int:
+    from collector.config.docs import render
+
+    text = render()
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}")
+    else:
+        print(text)
+    return 0
+
+
+def _config_show(_args: argparse.Namespace, settings: Settings) -> int:
+    # SecretStr fields dump as '**********'
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+def _worker(args: argparse.Namespace, _settings: Settings) -> int:
+    argv = ["faust", "-A", "collector", "worker", "-l", args.loglevel, *args.faust_args]
+    os.execvp(argv[0], argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="collector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="local service stack (Kafka, Redis, MariaDB, InfluxDB)")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.set_defaults(func=_stack)
+
+    db = sub.add_parser("db", help="database schema and demo data")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=_migrate)
+    seed = dbsub.add_parser("seed", help="upsert deterministic demo users u00000…")
+    seed.add_argument("--users", type=int, default=1000)
+    seed.add_argument("--seed", type=int, default=7)
+    seed.set_defaults(func=_seed)
+
+    topics = sub.add_parser("topics", help="create collector's topics")
+    topics.add_argument("action", choices=["create"])
+    topics.set_defaults(func=_topics)
+
+    prod = sub.add_parser("produce", help="write seeded synthetic events to the raw topics")
+    prod.add_argument("--events", "-n", type=int, default=1000)
+    prod.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    prod.add_argument("--users", type=int, default=1000)
+    prod.add_argument("--types", default="", help="comma-separated event types")
+    prod.add_argument("--type-count", type=int, default=0, help="use the first K types")
+    prod.add_argument("--malformed", type=float, default=0.0, help="share of malformed events")
+    prod.add_argument("--batch", type=int, default=1, help="events per envelope (1: none)")
+    prod.add_argument("--seed", type=int, default=42)
+    prod.add_argument("--json", action="store_true", help="one-line JSON summary")
+    prod.set_defaults(func=_produce)
+
+    users = sub.add_parser("users", help="user profiles")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    up = usub.add_parser("upsert", help="write a profile to MySQL, then invalidate the cache")
+    up.add_argument("--user-id", required=True)
+    up.add_argument("--segment", required=True)
+    up.add_argument("--country", required=True)
+    up.add_argument("--plan", required=True)
+    up.set_defaults(func=_users_upsert)
+
+    config = sub.add_parser("config", help="inspect settings")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    docs = csub.add_parser("docs", help="render docs/configuration.md from the model")
+    docs.add_argument("--write", default="", help="write to this path instead of stdout")
+    docs.set_defaults(func=_config_docs)
+    csub.add_parser("show", help="effective settings, secrets masked").set_defaults(
+        func=_config_show
+    )
+
+    worker = sub.add_parser("worker", help="faust -A collector worker -l info")
+    worker.add_argument("-l", "--loglevel", default="info")
+    worker.add_argument("faust_args", nargs=argparse.REMAINDER)
+    worker.set_defaults(func=_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings_or_exit()
+    result: Any = args.func(args, settings)
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""MySQL/MariaDB sink: idempotent upserts of absolute window values.
+
+``INSERT … ON DUPLICATE KEY UPDATE col = VALUES(col)`` (MariaDB has no MySQL 8
+``AS new`` alias), one ``executemany`` per table and one transaction per batch, so a
+batch lands whole or not at all and replaying it changes nothing, not even
+``updated_at`` (one UTC timestamp per batch).  A final row is never overwritten by a
+non-final one: ``final`` is sticky and, once set, only another final row may change
+the values.
+
+Driver errors are translated here: data errors (a value too long or out of range)
+become ``BatchRejected`` so the base class bisects to the bad rows; connection and
+server-side trouble becomes ``SinkUnavailable`` and the pool is rebuilt next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Unpack
+
+import aiomysql
+import pymysql
+
+from collector.config.settings import MySQLSettings
+from collector.sinks.base import (
+    BatchRejected,
+    Sink,
+    SinkMisconfigured,
+    SinkOptions,
+    SinkUnavailable,
+)
+from collector.sinks.rows import EVENT_STATS, KEY_COLUMNS, SEGMENT_STATS, USER_ACTIVITY, Row
+
+log = logging.getLogger(__name__)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Value columns per table (after the key columns), in INSERT order.
+VALUE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
+    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max"),
+    USER_ACTIVITY: ("count", "distinct_types", "types", "first_event_at", "last_event_at"),
+    SEGMENT_STATS: ("count", "value_sum"),
+}
+
+#: Server errors caused by a row's data: permanent for that row, so bisect and reject.
+DATA_ERRNOS: Final = frozenset({
+    1048,  # column cannot be null
+    1264,  # out of range value
+    1265,  # data truncated
+    1292,  # incorrect datetime/double value
+    1366,  # incorrect string/integer value
+    1367,  # illegal value
+    1406,  # data too long
+    1416,  # cannot get geometry object (bad value)
+    1690,  # value out of range in expression
+    4025,  # CHECK constraint failed (MariaDB)
+})
+#: Errors no retry fixes until an operator acts (credentials, schema, SQL).
+CONFIG_ERRNOS: Final = frozenset({1044, 1045, 1049, 1054, 1064, 1142, 1146, 1227, 1698})
+
+#: Strict mode so bad values fail instead of being silently truncated.
+_SQL_MODE: Final = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
+
+
+def naive_utc(ms: int) -> datetime:
+    """UTC epoch ms as the naive UTC datetime the driver sends (DATETIME has no zone)."""
+    return (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
+
+
+def upsert_sql(table: str) -> str:
+    """The upsert of ``table``; assignments run left to right, so their order matters.
+
+    ``updated_at`` comes first (compares old with new values), the value columns next
+    (``final`` is still the old one there), ``final`` last.
+    """
+    keys, values = KEY_COLUMNS[table], VALUE_COLUMNS[table]
+    columns = ["window_start", "window_seconds", *keys, *values, "final", "updated_at"]
+    holders = ", ".join(["%s"] * len(columns))  # plain %s only: executemany batches rows
+    keep = "(final AND NOT VALUES(final))"
+    same = " AND ".join(f"{col} <=> VALUES({col})" for col in values)
+    updates = [f"updated_at = IF({keep} OR ({same} AND final >= VALUES(final)), "
+               "updated_at, VALUES(updated_at))"]
+    updates += [f"{col} = IF({keep}, {col}, VALUES({col}))" for col in values]
+    updates.append("final = GREATEST(final, VALUES(final))")
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({holders}) "
+            f"ON DUPLICATE KEY UPDATE {', '.join(updates)}")
+
+
+def row_params(row: Row, updated_at: datetime) -> tuple[Any, ...]:
+    """Driver parameters of one row; ``KeyError``/``TypeError``/``ValueError`` if malformed."""
+    v = row.values
+    if row.table == EVENT_STATS:
+        values: tuple[Any, ...] = (int(v["count"]), int(v["value_count"]),
+                                   float(v["value_sum"]), _opt_float(v["value_min"]),
+                                   _opt_float(v["value_max"]))
+    elif row.table == USER_ACTIVITY:
+        types = sorted({str(t) for t in v["types"]})
+        values = (int(v["count"]), len(types), ",".join(types), naive_utc(int(v["first_ts"])),
+                  naive_utc(int(v["last_ts"])))
+    elif row.table == SEGMENT_STATS:
+        values = (int(v["count"]), float(v["value_sum"]))
+    else:
+        raise ValueError(f"unknown table {row.table!r}")
+    if len(row.key) != len(KEY_COLUMNS[row.table]):
+        raise ValueError(f"{row.table} needs key {KEY_COLUMNS[row.table]}, got {row.key!r}")
+    return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values, row.final,
+            updated_at)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def classify(exc: BaseException) -> Exception:
+    """The sink error a driver/transport exception stands for (httpx-style mapping)."""
+    if isinstance(exc, pymysql.err.MySQLError):
+        errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if errno in DATA_ERRNOS or isinstance(exc, pymysql.err.DataError):
+            return BatchRejected(f"mysql {errno}: {exc.args[-1]}")
+        if errno in CONFIG_ERRNOS:
+            return SinkMisconfigured(f"mysql {errno}: {exc.args[-1]}")
+        if errno is None and isinstance(exc, pymysql.err.ProgrammingError):
+            return BatchRejected(f"mysql: {exc}")  # raised client-side, e.g. a NaN value
+        if isinstance(exc, pymysql.err.IntegrityError | pymysql.err.ProgrammingError):
+            return SinkMisconfigured(f"mysql {errno}: {exc.args[-1]}")
+        return SinkUnavailable(f"mysql {errno}: {exc.args[-1] if exc.args else exc!r}")
+    if isinstance(exc, TimeoutError):
+        return SinkUnavailable("mysql timed out")
+    if isinstance(exc, OSError | EOFError | RuntimeError):
+        return SinkUnavailable(f"mysql: {exc!r}")
+    if isinstance(exc, ValueError | TypeError):  # the driver could not encode a value
+        return BatchRejected(f"mysql: cannot encode {exc!r}")
+    return SinkUnavailable(f"mysql: unexpected {exc!r}")
+
+
+class MySQLSink(Sink):
+    """Writes all three tables; the pool is created on demand and after every outage."""
+
+    name = "mysql"
+
+    def __init__(self, settings: MySQLSettings, **kwargs: Unpack[SinkOptions]) -> None:
+        kwargs.setdefault("write_timeout", max(10.0, 5 * settings.timeout))
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._pool: aiomysql.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._statements = {table: upsert_sql(table) for table in VALUE_COLUMNS}
+
+    async def start(self) -> None:
+        """Connect now if possible; the sink also starts while MySQL is down."""
+        try:
+            await self._ensure_pool()
+        except SinkUnavailable as exc:
+            log.warning("mysql sink starts without MySQL: %s", exc)
+
+    async def close(self) -> None:
+        await self._drop_pool()
+
+    async def write(self, batch: list[Row]) -> list[tuple[Row, str]]:
+        refused: list[tuple[Row, str]] = []
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        now = datetime.now(UTC).replace(tzinfo=None)
+        updated_at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # DATETIME(3)
+        for row in batch:
+            try:
+                groups.setdefault(row.table, []).append(row_params(row, updated_at))
+            except (KeyError, TypeError, ValueError) as exc:
+                refused.append((row, f"malformed {row.table} row: {exc!r}"))
+        if not groups:
+            return refused
+        try:
+            pool = await self._ensure_pool()
+            async with asyncio.timeout(self._settings.timeout):
+                conn = await pool.acquire()
+            try:
+                async with conn.cursor() as cur:
+                    await conn.begin()
+                    for table, params in groups.items():
+                        await cur.executemany(self._statements[table], params)
+                    await conn.commit()
+            except BaseException:
+                conn.close()  # mid-transaction or broken: never reuse (discards the txn)
+                raise
+            finally:
+                await pool.release(conn)
+        except SinkUnavailable:
+            raise
+        except Exception as exc:
+            error = classify(exc)
+            if type(error) is SinkUnavailable:
+                await self._drop_pool()
+            raise error from exc
+        return refused
+
+    async def _ensure_pool(self) -> aiomysql.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                try:
+                    async with asyncio.timeout(self._settings.timeout):
+                        self._pool = await aiomysql.create_pool(
+                            minsize=1,
+                            maxsize=self._settings.pool_size,
+                            connect_timeout=self._settings.timeout,
+                            autocommit=False,
+                            charset="utf8mb4",
+                            init_command=_SQL_MODE,
+                            pool_recycle=300,
+                            **self._settings.connect_kwargs(),
+                        )
+                except Exception as exc:
+                    error = classify(exc)
+                    if isinstance(error, BatchRejected):  # not a row's fault at connect time
+                        error = SinkUnavailable(str(error))
+                    raise error from exc
+            return self._pool
+
+    async def _drop_pool(self) -> None:
+        async with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            await pool.wait_closed()
+
+
+__all__ = ["MySQLSink", "classify", "naive_utc", "row_params", "upsert_sql"]

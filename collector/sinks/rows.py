@@ -1,0 +1,53 @@
+"""The unit every sink writes: one aggregate of one window, with absolute values.
+
+Values are absolute (the whole window so far, not a delta), so writing a row twice, or
+an older row and then a newer one, ends in the same state: that is what makes the
+sinks' at-least-once delivery safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+EVENT_STATS: Final = "event_stats"
+USER_ACTIVITY: Final = "user_activity"
+SEGMENT_STATS: Final = "segment_stats"
+
+#: Key columns of each table, in the order of ``Row.key``.
+KEY_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
+    EVENT_STATS: ("source", "type"),
+    USER_ACTIVITY: ("user_id",),
+    SEGMENT_STATS: ("segment", "country"),
+}
+
+#: (table, window_start_ms, window_seconds, key): what one stored row is identified by.
+Ident = tuple[str, int, int, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One window aggregate.
+
+    ``values`` per table: event_stats {count, value_count, value_sum, value_min|None,
+    value_max|None}; user_activity {count, types (sorted distinct), first_ts, last_ts
+    (UTC epoch ms)}; segment_stats {count, value_sum}.  ``latest_event_ms`` is the newest
+    event in the window, for the end-to-end latency metric.
+    """
+
+    table: str
+    window_start_ms: int
+    window_seconds: int
+    key: tuple[str, ...]
+    values: Mapping[str, Any] = field(hash=False)
+    final: bool
+    latest_event_ms: int
+
+    @property
+    def ident(self) -> Ident:
+        """Rows with equal idents are versions of the same stored row."""
+        return (self.table, self.window_start_ms, self.window_seconds, self.key)
+
+
+__all__ = ["EVENT_STATS", "KEY_COLUMNS", "SEGMENT_STATS", "USER_ACTIVITY", "Ident", "Row"]

@@ -1,0 +1,227 @@
+"""The front half of the pipeline for one batch of raw messages: decode, validate,
+dead-letter, enrich, forward.
+
+Kept free of Faust so it can be tested with plain lists; the agent in
+:mod:`collector.streams.raw` only adapts Faust events to :class:`RawRecord`.
+Every consumed message ends as valid events plus dead-letter records, never neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from collector.config import Settings
+from collector.models import (
+    DEADLETTER_REASON_HEADER,
+    Limits,
+    Reason,
+    Reject,
+    dead_letter_for_event,
+    dead_letter_record,
+    decode_message,
+)
+from collector.observability import Metrics
+from collector.sources import Enricher, Outcome
+
+if TYPE_CHECKING:
+    from collector.streams.aggregator import Aggregator, Late
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One consumed Kafka message, as the processor needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class Output(Protocol):
+    """Where forwarded records go: a Kafka producer in the worker."""
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None
+    ) -> Awaitable[Any]: ...
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch produced; ``enriched`` feeds the aggregations."""
+
+    enriched: list[tuple[RawRecord, dict[str, Any]]] = field(default_factory=list)
+    dead_letters: int = 0
+    consumed: int = 0
+
+
+class RawProcessor:
+    """Turns raw messages into enriched events and dead-letter records."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        enricher: Enricher,
+        metrics: Metrics,
+        *,
+        aggregator: Aggregator | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._kafka = settings.kafka
+        self._limits = Limits.from_settings(settings.ingest)
+        self._forward = settings.ingest.forward_enriched
+        self._enricher = enricher
+        self._metrics = metrics
+        self._clock = clock
+        self.aggregator = aggregator
+
+    async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
+        """Process a batch; returns only once everything is accepted by ``out``."""
+        now_ms = int(self._clock() * 1000)
+        result = BatchResult()
+        pending: list[Awaitable[Any]] = []
+        valid: list[tuple[RawRecord, str, dict[str, Any]]] = []
+        consumed: dict[str, int] = {}
+        for record in records:
+            source = self._kafka.source_of(record.topic)
+            if source is None:  # not ours: the agent subscribes raw topics only
+                log.warning("ignoring message from foreign topic %s", record.topic)
+                continue
+            decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
+            self._metrics.messages.labels(source).inc()
+            consumed[source] = consumed.get(source, 0) + len(decoded.events) + len(
+                decoded.rejects
+            )
+            for event in decoded.events:
+                valid.append((record, source, event))
+            for reject in decoded.rejects:
+                payload = dead_letter_record(
+                    reject,
+                    source=source,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    raw=record.value,
+                    received_at_ms=now_ms,
+                )
+                headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
+                pending.append(
+                    await out.send(self._kafka.deadletter_topic, record.key, payload, headers)
+                )
+                self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
+                result.dead_letters += 1
+        for source, count in consumed.items():
+            self._metrics.consumed.labels(source).inc(count)
+            result.consumed += count
+        if valid:
+            await self._enrich(valid, result, out, pending)
+        if self.aggregator is not None and result.enriched:
+            for late in self.aggregator.apply(result.enriched):
+                pending.append(await self._dead_letter_late(late, now_ms, out))
+                result.dead_letters += 1
+        if pending:
+            await asyncio.gather(*pending)
+        return result
+
+    async def process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
+        """:meth:`process`, but an unexpected error can neither crash the agent nor lose data.
+
+        Faust acks a batch whose agent raised, so on a bug we retry record by record and
+        dead-letter (``schema_violation``, loc ``""``) only a record that still fails.
+        """
+        try:
+            return await self.process(records, out)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch of %d failed; retrying one record at a time", len(records))
+        total = BatchResult()
+        for record in records:
+            try:
+                one = await self.process([record], out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("record %s[%d]@%d failed", record.topic, record.partition,
+                              record.offset)
+                one = await self._dead_letter_internal(record, exc, out)
+            total.enriched.extend(one.enriched)
+            total.dead_letters += one.dead_letters
+            total.consumed += one.consumed
+        return total
+
+    async def _dead_letter_internal(
+        self, record: RawRecord, exc: Exception, out: Output
+    ) -> BatchResult:
+        source = self._kafka.source_of(record.topic) or "unknown"
+        reject = Reject(
+            reason=Reason.SCHEMA_VIOLATION,
+            errors=[{"loc": "", "msg": f"internal error: {type(exc).__name__}"}],
+            index=None,
+            element=None,
+        )
+        payload = dead_letter_record(
+            reject, source=source, topic=record.topic, partition=record.partition,
+            offset=record.offset, raw=record.value, received_at_ms=int(self._clock() * 1000),
+        )
+        headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
+        await (await out.send(self._kafka.deadletter_topic, record.key, payload, headers))
+        self._metrics.consumed.labels(source).inc()
+        self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
+        return BatchResult(dead_letters=1, consumed=1)
+
+    async def _dead_letter_late(self, late: Late, now_ms: int, out: Output) -> Awaitable[Any]:
+        record, event = late.record, late.event
+        payload = dead_letter_for_event(
+            Reason.LATE, event, late.errors,  # type: ignore[arg-type]
+            source=event["source"], topic=record.topic, partition=record.partition,
+            offset=record.offset, received_at_ms=now_ms,
+        )
+        for table in late.tables:
+            self._metrics.late_events.labels(table).inc()
+        self._metrics.dead_lettered.labels(event["source"], Reason.LATE.value).inc()
+        headers = [(DEADLETTER_REASON_HEADER, Reason.LATE.value.encode())]
+        return await out.send(self._kafka.deadletter_topic, record.key, payload, headers)
+
+    async def _enrich(
+        self,
+        valid: list[tuple[RawRecord, str, dict[str, Any]]],
+        result: BatchResult,
+        out: Output,
+        pending: list[Awaitable[Any]],
+    ) -> None:
+        profiles = await self._enricher.enrich_many({event["user_id"] for _, _, event in valid})
+        outcomes: dict[str, int] = {}
+        valid_by_source: dict[str, int] = {}
+        topic = self._kafka.enriched_topic
+        for record, source, event in valid:
+            profile, outcome = profiles[event["user_id"]]
+            event["segment"] = profile.segment
+            event["country"] = profile.country
+            event["plan"] = profile.plan
+            event["enrichment"] = outcome.value
+            outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+            valid_by_source[source] = valid_by_source.get(source, 0) + 1
+            result.enriched.append((record, event))
+            if self._forward:
+                key = event["user_id"].encode()
+                pending.append(await out.send(topic, key, orjson.dumps(event), None))
+        for source, count in valid_by_source.items():
+            self._metrics.valid.labels(source).inc(count)
+        for name, count in outcomes.items():
+            self._metrics.enrichment.labels(name).inc(count)
+
+
+__all__ = ["BatchResult", "Outcome", "Output", "RawProcessor", "RawRecord"]

@@ -1,0 +1,172 @@
+"""Per-worker resources the agents share: metrics, enrichment, windows, sinks.
+
+One instance per app, started and stopped with it (a dependency of the app service),
+so connections are closed on shutdown and nothing lives in bare module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+import mode
+from prometheus_client import CollectorRegistry
+
+from collector import app as _app
+from collector import settings as _settings
+from collector.config import Settings
+from collector.models import DEADLETTER_REASON_HEADER, Reason, dead_letter_for_event
+from collector.observability import Metrics
+from collector.sinks import InfluxSink, MySQLSink, Row
+from collector.sources import Enricher, ProfileCache, UserRepository
+from collector.streams.aggregator import Aggregator, Specs
+from collector.streams.flusher import Flusher
+from collector.streams.merger import Merger
+from collector.streams.processor import Headers, RawProcessor
+from collector.streams.sinkhub import SinkHub
+from collector.streams.state import FaustState
+from collector.streams.tables import merged_table, state_table
+
+log = logging.getLogger(__name__)
+
+
+class KafkaOutput:
+    """Forwards records through the app's producer.
+
+    A send that fails is retried with backoff rather than raised: an exception in a
+    Faust agent acks the batch, which would lose it.  Blocking here is backpressure.
+    """
+
+    def __init__(self, app: faust.App, max_backoff: float = 5.0) -> None:
+        self._app = app
+        self._max_backoff = max_backoff
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
+        partition: int | None = None,
+    ) -> Awaitable[Any]:
+        delay = 0.1
+        while True:
+            try:
+                fut: Awaitable[Any] = await self._app.producer.send(
+                    topic, key, value, partition, None, headers
+                )
+                return fut
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # driver errors: broker down, buffer full, …
+                log.warning("producer send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_backoff)
+
+
+class Runtime(mode.Service):
+    """Holds what the agents need; connections open lazily on first use."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.cache = ProfileCache(settings.redis)
+        self.repo = UserRepository(settings.mysql)
+        self.enricher = Enricher(
+            self.cache, self.repo, lookup_timeout=settings.redis.timeout + settings.mysql.timeout
+        )
+        self.output = KafkaOutput(app)
+        kafka, windows = settings.kafka, settings.windows
+        self.specs = Specs.from_settings(settings)
+        self.window_state = FaustState(state_table, kafka.raw_topics[0])
+        self.aggregator = Aggregator(self.window_state, self.specs)
+        self.processor = RawProcessor(settings, self.enricher, self.metrics,
+                                      aggregator=self.aggregator)
+        self.mysql_sink = MySQLSink(settings.mysql, metrics=self.metrics)
+        self.influx_sink = InfluxSink(settings.influx, metrics=self.metrics)
+        self.sinks = SinkHub([self.mysql_sink, self.influx_sink],
+                             interval=windows.flush_interval_seconds)
+        for sink in self.sinks.sinks:
+            sink.on_rejected = self._sink_rejected  # type: ignore[method-assign]
+        self.flusher = Flusher(
+            aggregator=self.aggregator, state=self.window_state, specs=self.specs,
+            raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
+            send_partial=self._send_partial, partials_partitions=kafka.partitions,
+            add_user_rows=self.sinks.add,
+        )
+        self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
+        self.merger = Merger(
+            state=FaustState(merged_table, kafka.partials_topic), specs=self.specs,
+            expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
+            add_rows=self.sinks.add, expires_ms=windows.expires_seconds * 1000,
+        )
+        self._pending_rejects: list[Awaitable[Any]] = []
+
+    async def _send_partial(
+        self, key: bytes, value: bytes, partition: int | None
+    ) -> Awaitable[Any]:
+        return await self.output.send(self.settings.kafka.partials_topic, key, value, None,
+                                      partition)
+
+    def _sink_rejected(self, row: Row, reason: str) -> None:
+        """A row a sink refused for good: dead-letter it (``sink_rejected``), never retry."""
+        event = {"table": row.table, "window_start_ms": row.window_start_ms,
+                 "window_seconds": row.window_seconds, "key": list(row.key),
+                 "values": dict(row.values), "final": row.final}
+        payload = dead_letter_for_event(
+            Reason.SINK_REJECTED, event, [{"loc": row.table, "msg": reason}],
+            source="sink", topic=row.table, partition=-1, offset=-1,
+            received_at_ms=int(time.time() * 1000),
+        )
+        headers = [(DEADLETTER_REASON_HEADER, Reason.SINK_REJECTED.value.encode())]
+        self.metrics.dead_lettered.labels("sink", Reason.SINK_REJECTED.value).inc()
+        self.add_future(self.output.send(self.settings.kafka.deadletter_topic, None, payload,
+                                         headers))
+
+    def owned(self, topics: list[str]) -> set[tuple[str, int]]:
+        """Partitions of ``topics`` actively assigned to this worker (not standbys)."""
+        wanted = set(topics)
+        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                if tp.topic in wanted}
+
+    def ready_for_flush(self) -> bool:
+        return not (self.app.rebalancing or self.app.in_recovery)
+
+    async def flush_windows(self) -> dict[str, Any]:
+        """One flush cycle: combiner side, then the merge."""
+        if not self.ready_for_flush():
+            return {"skipped": "rebalancing or recovering"}
+        kafka = self.settings.kafka
+        combined = await self.flusher.tick(self.owned(kafka.raw_topics))
+        merged = self.merger.tick({p for _, p in self.owned([kafka.partials_topic])})
+        self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
+        self.metrics.window_closes.labels("merged").inc(merged["final"])
+        return {"combiner": combined, "merger": merged}
+
+    def on_rebalanced(self) -> None:
+        self.flusher.needs_rescan = True
+        self.merger.needs_rescan = True
+
+    @mode.Service.task
+    async def _sink_loop(self) -> None:
+        await self.sinks.run()
+
+    async def on_stop(self) -> None:
+        await self.sinks.flush_once()
+        await self.enricher.close()
+        for sink in self.sinks.sinks:
+            await sink.close()
+
+
+#: The worker's one Runtime, started and stopped with the app.
+runtime = Runtime(_app, _settings)
+_app.add_dependency(runtime)

@@ -1,0 +1,81 @@
+"""Routes aggregate rows to the sinks and flushes them in the background.
+
+The flush runs in its own task so a slow or dead sink never holds up an agent: the
+Faust tables are the durable buffer, and a sink's in-memory buffer keeps only the latest
+absolute value per row, so it stays bounded by the number of open windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from collector.sinks import Row, Sink
+from collector.streams.windows import USER_ACTIVITY
+
+log = logging.getLogger(__name__)
+
+
+class SinkHub:
+    """user_activity goes to the SQL sink only (a user_id tag would explode InfluxDB)."""
+
+    def __init__(
+        self,
+        sinks: list[Sink],
+        *,
+        interval: float,
+        user_sinks: list[Sink] | None = None,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        self.sinks = sinks
+        self.user_sinks = user_sinks if user_sinks is not None else sinks[:1]
+        self.interval = interval
+        self.flush_timeout = flush_timeout
+        self._wake = asyncio.Event()
+        self.on_written: list[Callable[[Sink, list[Row]], None]] = []
+
+    def add(self, rows: list[Row]) -> None:
+        users = [r for r in rows if r.table == USER_ACTIVITY]
+        others = [r for r in rows if r.table != USER_ACTIVITY]
+        if users:
+            for sink in self.user_sinks:
+                sink.add(users)
+        if others:
+            for sink in self.sinks:
+                sink.add(others)
+        if any(r.final for r in rows):
+            self._wake.set()
+
+    def written(self, sink: Sink, rows: list[Row]) -> None:
+        for callback in self.on_written:
+            callback(sink, rows)
+
+    async def flush_once(self) -> dict[str, Any]:
+        deadline = time.monotonic() + self.flush_timeout
+        results = await asyncio.gather(
+            *(sink.flush(deadline=deadline) for sink in self.sinks), return_exceptions=True
+        )
+        out: dict[str, Any] = {}
+        for sink, result in zip(self.sinks, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("sink %s flush crashed: %r", sink.name, result)
+                out[sink.name] = repr(result)
+            else:
+                out[sink.name] = result
+        return out
+
+    async def run(self) -> None:
+        """Flush every ``interval`` (sooner when final rows arrive) until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush_once()
+
+    def health(self) -> dict[str, Any]:
+        return {sink.name: sink.health() for sink in self.sinks}

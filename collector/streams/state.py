@@ -1,0 +1,109 @@
+"""Durable per-partition state behind a tiny interface.
+
+Faust writes a table's store and changelog to the partition of the *current event*.
+In a ``take()`` batch that is the batch's last event, and in a timer there is none, so
+every write here names its partition explicitly: :class:`FaustState` sets the current
+event to a stand-in for that partition around each write.  :class:`DictState` is the
+same interface over a dict, for unit tests.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from faust.streams import _current_event
+
+
+class State(Protocol):
+    """Key-value state where every key lives in one partition."""
+
+    def get(self, partition: int, key: str) -> dict[str, Any] | None: ...
+
+    def set(self, partition: int, key: str, value: dict[str, Any]) -> None: ...
+
+    def delete(self, partition: int, key: str) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+
+class DictState:
+    """In-memory :class:`State` (keys are unique across partitions by construction)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+        self.partitions: dict[str, int] = {}
+
+    def get(self, partition: int, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def set(self, partition: int, key: str, value: dict[str, Any]) -> None:
+        self.data[key] = value
+        self.partitions[key] = partition
+
+    def delete(self, partition: int, key: str) -> None:
+        self.data.pop(key, None)
+        self.partitions.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(list(self.data.items()))
+
+
+class _Message:
+    __slots__ = ("partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+
+class _StandIn:
+    """Just enough of a faust Event for tables and stores: ``.message.partition``."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _Message(topic, partition)
+
+
+class FaustState:
+    """:class:`State` over a Faust table whose changelog is co-partitioned with a topic."""
+
+    def __init__(self, table: Any, source_topic: str) -> None:
+        self.table = table
+        self._topic = source_topic
+        self._stand_ins: dict[int, _StandIn] = {}
+
+    @contextmanager
+    def _partition(self, partition: int) -> Iterator[None]:
+        stand_in = self._stand_ins.get(partition)
+        if stand_in is None:
+            stand_in = self._stand_ins[partition] = _StandIn(self._topic, partition)
+        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+    def get(self, partition: int, key: str) -> dict[str, Any] | None:
+        with self._partition(partition):
+            value: dict[str, Any] | None = self.table.get(key)
+            return value
+
+    def set(self, partition: int, key: str, value: dict[str, Any]) -> None:
+        with self._partition(partition):
+            self.table[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        with self._partition(partition):
+            if key in self.table:
+                del self.table[key]
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        token = _current_event.set(None)
+        try:
+            return iter(list(self.table.items()))
+        finally:
+            _current_event.reset(token)

@@ -1,0 +1,132 @@
+"""``POST /api/v1/events/{source}``: HTTP ingest onto the raw topics.
+
+202 means the broker acknowledged every accepted event.  The view uses a producer of
+its own with a short delivery timeout, so a broker outage answers 503 instead of
+leaving records in a buffer that could still be delivered after the caller gave up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+import mode
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from faust import web
+
+from collector import app, settings
+from collector.models import Limits
+from collector.sources.kafka import client_kwargs
+from collector.streams.runtime import runtime
+from collector.web.ingest_logic import BodyError, parse_body, plan_ingest
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT = 5.0
+
+
+class IngestProducer(mode.Service):
+    """A lazily started producer; a broker that is down at start-up is not fatal."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    **client_kwargs(settings),
+                    acks="all",
+                    linger_ms=2,
+                    request_timeout_ms=int(SEND_TIMEOUT * 1000),
+                    max_request_size=max(1_048_576, settings.ingest.max_message_bytes * 2),
+                )
+                await asyncio.wait_for(producer.start(), SEND_TIMEOUT)
+                self._producer = producer
+            return self._producer
+
+    async def send_all(self, topic: str, envelopes: list[tuple[str, bytes]]) -> None:
+        """Send and wait for every acknowledgement; raise on any failure."""
+        producer = await self._get()
+        futures = [
+            await producer.send(topic, value, key=user_id.encode())
+            for user_id, value in envelopes
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT + 1)
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+ingest_producer = IngestProducer()
+app.add_dependency(ingest_producer)
+blueprint = web.Blueprint("ingest")
+
+
+def bearer_ok(request: web.Request, token: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <token>`` (no token configured: ok)."""
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is larger than ``limit`` (read no further than that)."""
+    length = request.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    content: Any = request.content  # type: ignore[attr-defined]
+    body = await content.read(limit + 1)
+    while len(body) <= limit:
+        more = await content.read(limit + 1 - len(body))
+        if not more:
+            break
+        body += more
+    return None if len(body) > limit else bytes(body)
+
+
+@blueprint.route("/api/v1/events/{source}", name="events")
+class IngestView(web.View):
+    """Validate, then produce envelopes per user and wait for the broker's ack."""
+
+    async def post(self, request: web.Request, source: str) -> web.Response:
+        if not bearer_ok(request, settings.web.ingest_token.get_secret_value()):
+            return self.json({"error": "missing or wrong bearer token"}, status=401,
+                             headers={"WWW-Authenticate": "Bearer"})
+        if source not in settings.kafka.sources:
+            return self.json({"error": f"unknown source {source!r}",
+                              "sources": settings.kafka.sources}, status=404)
+        limit = settings.web.max_body_bytes
+        body = await read_limited(request, limit)
+        if body is None:
+            return self.json({"error": f"body larger than {limit} bytes"}, status=413)
+        try:
+            items = parse_body(body)
+        except BodyError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        limits = Limits.from_settings(settings.ingest)
+        plan = plan_ingest(items, source, limits, int(time.time() * 1000))
+        metrics = runtime.metrics
+        if plan.envelopes:
+            try:
+                await ingest_producer.send_all(settings.kafka.raw_topic(source), plan.envelopes)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                log.warning("ingest: broker unavailable: %r", exc)
+                metrics.http_ingest.labels(source, "unavailable").inc(plan.accepted)
+                return self.json({"error": "broker unavailable; nothing was accepted",
+                                  "accepted": 0}, status=503, headers={"Retry-After": "5"})
+        metrics.http_ingest.labels(source, "accepted").inc(plan.accepted)
+        metrics.http_ingest.labels(source, "rejected").inc(len(plan.rejected))
+        return self.json({"accepted": plan.accepted, "rejected": plan.rejected}, status=202)
+
+
+blueprint.register(app, url_prefix="")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create the project venv and install collector with its dev extra.
+# On a bare Debian, python3 has no venv module until python3-venv is installed.
+set -euo pipefail
+PY=${1:-python3}
+VENV=${2:-.venv}
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "bootstrap: $PY not found; installing python3 from Debian" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-dev
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+    echo "bootstrap: installing python3-venv (Debian ships venv separately)" >&2
+    rm -rf "$VENV"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    "$PY" -m venv "$VENV"
+  fi
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+echo "bootstrap: $("$VENV/bin/python" --version) in $VENV with collector installed"

@@ -1,0 +1,69 @@
+"""Small aiokafka helpers for tests: produce raw messages, read a topic until a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from collector.config import Settings, load_settings
+from collector.sources.kafka import client_kwargs
+
+
+@contextmanager
+def _environ(env: dict[str, str]) -> Any:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    """The settings a worker started with ``env`` sees."""
+    with _environ(env):
+        return load_settings()
+
+
+async def produce(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_until(
+    settings: Settings,
+    topics: list[str],
+    done: Callable[[list[Any]], bool],
+    limit_s: float = 60.0,
+) -> list[Any]:
+    """Read ``topics`` from the start until ``done(records)`` or the timeout."""
+    consumer = AIOKafkaConsumer(
+        *topics, **client_kwargs(settings), auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < deadline and not done(records):
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records

@@ -1,0 +1,50 @@
+"""The foundation's smoke test: a real worker process turns a raw event into output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.sources.topics import ensure_topics
+from tests.e2e.kafka_io import produce, read_until, settings_for
+from tests.e2e.workers import Worker, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_worker_processes_a_raw_event(
+    worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    env = isolated_env(tmp_path)
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    worker = worker_factory(env).start()
+    worker.wait_ready()
+
+    import time
+
+    now = int(time.time() * 1000)
+    good = {"event_id": "smoke-1", "user_id": "u00001", "type": "page_view", "ts": now}
+    await produce(
+        settings,
+        settings.kafka.raw_topic("web"),
+        [(b"u00001", orjson.dumps(good)), (None, b"{not json")],
+    )
+    records = await read_until(
+        settings,
+        [settings.kafka.enriched_topic, settings.kafka.deadletter_topic],
+        lambda recs: len(recs) >= 2,
+    )
+    by_topic = {r.topic: r for r in records}
+    enriched = orjson.loads(by_topic[settings.kafka.enriched_topic].value)
+    assert enriched["event_id"] == "smoke-1"
+    assert enriched["source"] == "web"
+    assert enriched["enrichment"] in {"hit", "miss", "negative", "degraded"}
+    assert by_topic[settings.kafka.enriched_topic].key == b"u00001"
+    dead = by_topic[settings.kafka.deadletter_topic]
+    assert orjson.loads(dead.value)["reason"] == "malformed_json"
+    assert dict(dead.headers)["x-collector-reason"] == b"malformed_json"
+    assert len(records) == 2, "exactly one output per consumed event"

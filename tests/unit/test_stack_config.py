@@ -1,0 +1,145 @@
+"""Pure logic of deploy/local/stack.py: generated configs, classification, process checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from collector.config import Settings, load_settings
+
+STACK_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.py"
+
+
+@pytest.fixture(scope="module")
+def stack_mod() -> ModuleType:
+    """stack.py is a script, not a package module: load it by path like the CLI does."""
+    spec = importlib.util.spec_from_file_location("collector_local_stack", STACK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def custom() -> Settings:
+    """Non-default ports, to prove they come from the settings."""
+    return load_settings(
+        kafka={"bootstrap_servers": "127.0.0.1:29999"},
+        redis={"url": "redis://127.0.0.1:26379/0"},
+        mysql={"dsn": "mysql://app:pw@127.0.0.1:23306/appdb"},
+        influx={"url": "http://localhost:28086"},
+    )
+
+
+def _by_name(stack_mod: ModuleType, settings: Settings) -> dict[str, object]:
+    return {svc.name: svc for svc in stack_mod.services(settings)}
+
+
+def test_services_take_hosts_and_ports_from_settings(
+    stack_mod: ModuleType, custom: Settings
+) -> None:
+    svcs = _by_name(stack_mod, custom)
+    assert {name: (s.host, s.port) for name, s in svcs.items()} == {  # type: ignore[attr-defined]
+        "kafka": ("127.0.0.1", 29999),
+        "redis": ("127.0.0.1", 26379),
+        "mariadb": ("127.0.0.1", 23306),
+        "influxdb": ("localhost", 28086),
+    }
+    assert all(s.loopback for s in svcs.values())  # type: ignore[attr-defined]
+    assert svcs["influxdb"].bind == "127.0.0.1"  # type: ignore[attr-defined]
+
+
+def test_redis_conf_binds_loopback_on_configured_port(
+    stack_mod: ModuleType, custom: Settings
+) -> None:
+    svc = _by_name(stack_mod, custom)["redis"]
+    lines = stack_mod.config_text(svc, custom).splitlines()
+    assert "bind 127.0.0.1" in lines
+    assert "port 26379" in lines
+    assert 'save ""' in lines and "appendonly no" in lines and "daemonize no" in lines
+    assert not any(line.startswith("requirepass") for line in lines)
+
+
+def test_redis_conf_sets_password_from_url(stack_mod: ModuleType) -> None:
+    settings = load_settings(redis={"url": "redis://:s%40cret@127.0.0.1:26379/0"})
+    svc = _by_name(stack_mod, settings)["redis"]
+    assert "requirepass s@cret" in stack_mod.config_text(svc, settings).splitlines()
+
+
+def test_mariadb_conf(stack_mod: ModuleType, custom: Settings) -> None:
+    svc = _by_name(stack_mod, custom)["mariadb"]
+    lines = stack_mod.config_text(svc, custom).splitlines()
+    assert lines[0] == "[mysqld]"
+    for expected in ("bind-address=127.0.0.1", "port=23306", "skip-log-bin"):
+        assert expected in lines
+    assert f"datadir={stack_mod.LOCAL / 'mariadb' / 'data'}" in lines
+    assert len(str(stack_mod.mariadb_socket(svc))) < 100
+
+
+def test_influx_conf_is_toml_with_loopback_binds(stack_mod: ModuleType, custom: Settings) -> None:
+    svc = _by_name(stack_mod, custom)["influxdb"]
+    conf = tomllib.loads(stack_mod.config_text(svc, custom))
+    assert conf["bind-address"] == "127.0.0.1:28087"  # RPC service, default :8088
+    assert conf["http"]["bind-address"] == "127.0.0.1:28086"
+    assert conf["ifql"]["enabled"] is False  # else it binds :8082 on all interfaces
+    assert conf["data"]["wal-dir"].startswith(str(stack_mod.LOCAL))
+
+
+def test_kafka_command(stack_mod: ModuleType, custom: Settings) -> None:
+    argv = stack_mod.command(_by_name(stack_mod, custom)["kafka"])
+    assert argv[1] == "broker"
+    assert "tcp://127.0.0.1:29999" in argv and "memory://tansu/" in argv
+    # Tansu has no config file: the recorded flags let ``up`` spot a daemon on old settings.
+    record = stack_mod.config_text(_by_name(stack_mod, custom)["kafka"], custom)
+    assert "--listener-url tcp://127.0.0.1:29999" in record
+
+
+def test_classify(stack_mod: ModuleType) -> None:
+    remote = stack_mod.Service("redis", "redis.example.com", 6379, "redis-server", "")
+    local = stack_mod.Service("redis", "127.0.0.1", 6379, "redis-server", "")
+    assert not remote.loopback
+    assert stack_mod.classify(remote, None, False) == "external"  # never started by us
+    assert stack_mod.classify(remote, 1234, True) == "external"
+    assert stack_mod.classify(local, None, True) == "external"  # someone else's server
+    assert stack_mod.classify(local, None, False) == "down"
+    assert stack_mod.classify(local, 1234, True) == "managed"
+
+
+def test_status_reports_remote_services_as_external(
+    stack_mod: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings(
+        kafka={"bootstrap_servers": "kafka.example.com:9092"},
+        redis={"url": "redis://cache.example.com:6379/0"},
+        mysql={"dsn": "mysql://u:p@db.example.com:3306/d"},
+        influx={"url": "http://tsdb.example.com:8086"},
+    )
+    monkeypatch.setattr(stack_mod, "answering", lambda host, port, timeout=0.5: port != 3306)
+    assert stack_mod.status(settings) == 1  # the database is unreachable
+    out = capsys.readouterr().out
+    assert "kafka     external (kafka.example.com:9092 reachable)" in out
+    assert "mariadb   external (db.example.com:3306 unreachable)" in out
+
+
+def test_alive_treats_exited_child_as_stopped(stack_mod: ModuleType) -> None:
+    child = subprocess.Popen(["true"])
+    time.sleep(0.2)  # exited but not reaped: a zombie until _alive reaps it
+    assert not stack_mod._alive(child.pid)
+    child.returncode = 0  # reaped by _alive(); keep Popen from warning about it
+    assert stack_mod._alive(stack_mod.os.getpid())
+
+
+def test_stop_terminates(stack_mod: ModuleType) -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    assert stack_mod.stop(child.pid)
+    # dead (a zombie counts as stopped): reaping must not block, whoever reaps it
+    child.wait(timeout=5)
+    assert not Path(f"/proc/{child.pid}").exists()
