@@ -38,3 +38,14 @@ def stack(settings: Settings) -> Settings:
     if proc.returncode:
         pytest.fail(f"local stack did not come up:\n{proc.stdout}{proc.stderr}", pytrace=False)
     return settings
+
+
+@pytest.fixture(scope="session")
+def migrated(stack: Settings) -> Settings:
+    """The stack with every migration applied (idempotent)."""
+    import asyncio
+
+    from collector.db import migrate
+
+    asyncio.run(migrate(stack))
+    return stack

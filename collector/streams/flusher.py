@@ -75,6 +75,7 @@ class Flusher:
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
         self.needs_rescan = False
+        log.info("windows: re-indexed %d state keys after start/rebalance", len(agg.index))
 
     def on_user_rows_written(self, rows: list[Row]) -> None:
         for row in rows:

@@ -104,12 +104,6 @@ class Merger:
             table = entry["table"]
             spec = self.specs.for_table(table)
             mark = self.close_mark(partition)
-            if spec.is_closed(entry["ws"] + self.expires_ms, mark):
-                self.state.delete(partition, key)
-                self.index.pop(key, None)
-                self.final_sent.discard(key)
-                stats["deleted"] += 1
-                continue
             final = spec.is_closed(entry["ws"], mark)
             if key in dirty or (final and key not in self.final_sent):
                 agg = combine(table, list(entry["slots"].values()))
@@ -121,6 +115,12 @@ class Merger:
                 if final:
                     self.final_sent.add(key)
                     stats["final"] += 1
+            elif key in self.final_sent and spec.is_closed(entry["ws"] + self.expires_ms, mark):
+                # expired, and its final row went out: a replay can no longer reach it
+                self.state.delete(partition, key)
+                self.index.pop(key, None)
+                self.final_sent.discard(key)
+                stats["deleted"] += 1
         if rows:
             self.add_rows(rows)
             stats["rows"] = len(rows)

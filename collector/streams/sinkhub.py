@@ -75,7 +75,8 @@ class SinkHub:
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self.flush_once()
+            result = await self.flush_once()
+            log.debug("sink flush: %s", result)
 
     def health(self) -> dict[str, Any]:
         return {sink.name: sink.health() for sink in self.sinks}

@@ -12,8 +12,9 @@ import faust
 
 from collector import app, settings
 
-_SCHEMA = faust.Schema(key_type=str, value_type=dict, key_serializer="json",
-                       value_serializer="json")
+_SCHEMA: faust.Schema = faust.Schema(
+    key_type=str, value_type=dict, key_serializer="json", value_serializer="json",  # type: ignore[arg-type]
+)
 
 #: combiner state, co-partitioned with the raw topics: slot watermarks, partial
 #: aggregates per input slot, and user_activity windows.

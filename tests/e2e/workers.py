@@ -61,7 +61,7 @@ class Worker:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(FAUST), "-A", "collector", "worker", "-l", "info"],
+                [str(FAUST), "-A", "collector", "worker", "-l", os.environ.get("TEST_WORKER_LOGLEVEL", "info")],
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

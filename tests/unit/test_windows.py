@@ -282,3 +282,17 @@ async def test_merge_replaces_a_slot_instead_of_adding(specs: Specs) -> None:
     n = len(rows)
     merger.tick({0})
     assert len(rows) == n, "a final row is written once"
+
+
+async def test_old_windows_get_their_final_row_before_they_expire(specs: Specs) -> None:
+    """Regression: windows hours old (replayed backlog) were expired before being written."""
+    rows: list[Row] = []
+    merger = Merger(DictState(), specs, ["a|0"], add_rows=rows.extend, expires_ms=3_600_000)
+    merger.apply(0, {"t": "p", "table": "segment_stats", "key": ["pro", "DE"], "ws": T0,
+                     "slot": "a|0", "closed": True,
+                     "agg": {"count": 2, "value_sum": 3.0, "latest": T0}})
+    merger.apply(0, {"t": "m", "slot": "a|0", "closed": T0 + 10 * 3_600_000})
+    stats = merger.tick({0})
+    assert stats["final"] == 1 and rows[-1].final and rows[-1].values["count"] == 2
+    assert merger.tick({0})["deleted"] == 1
+    assert merger.index == {}

@@ -1,0 +1,57 @@
+"""The expected aggregates of a list of events, computed the plain way (no collector code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Ident = tuple[str, int, int, tuple[str, ...]]
+
+
+def hopping_starts(ts: int, size_ms: int, step_ms: int) -> list[int]:
+    newest = ts - ts % step_ms
+    return list(range(newest - size_ms + step_ms, newest + 1, step_ms))
+
+
+def oracle(
+    events: list[dict[str, Any]],
+    *,
+    tumbling_ms: int = 60_000,
+    hop_size_ms: int = 300_000,
+    hop_step_ms: int = 60_000,
+    segment_only: list[dict[str, Any]] | None = None,
+) -> dict[Ident, dict[str, Any]]:
+    """{(table, window_start_ms, window_seconds, key): values} for ``events``.
+
+    ``segment_only`` events count in segment_stats alone (late for the tumbling tables
+    but inside an open hopping window).
+    """
+    out: dict[Ident, dict[str, Any]] = {}
+    t_secs, h_secs = tumbling_ms // 1000, hop_size_ms // 1000
+    for e in events:
+        ws = e["ts"] - e["ts"] % tumbling_ms
+        value = e.get("value")
+        r = out.setdefault(("event_stats", ws, t_secs, (e["source"], e["type"])),
+                           {"count": 0, "value_count": 0, "value_sum": 0.0,
+                            "value_min": None, "value_max": None})
+        r["count"] += 1
+        if value is not None:
+            r["value_count"] += 1
+            r["value_sum"] += value
+            r["value_min"] = value if r["value_min"] is None else min(r["value_min"], value)
+            r["value_max"] = value if r["value_max"] is None else max(r["value_max"], value)
+        u = out.setdefault(("user_activity", ws, t_secs, (e["user_id"],)),
+                           {"count": 0, "types": set(), "first_ts": e["ts"], "last_ts": e["ts"]})
+        u["count"] += 1
+        u["types"].add(e["type"])
+        u["first_ts"] = min(u["first_ts"], e["ts"])
+        u["last_ts"] = max(u["last_ts"], e["ts"])
+    for e in [*events, *(segment_only or [])]:
+        for start in hopping_starts(e["ts"], hop_size_ms, hop_step_ms):
+            s = out.setdefault(("segment_stats", start, h_secs, (e["segment"], e["country"])),
+                               {"count": 0, "value_sum": 0.0})
+            s["count"] += 1
+            s["value_sum"] += e.get("value") or 0.0
+    for values in out.values():
+        if "types" in values:
+            values["types"] = sorted(values["types"])
+    return out
