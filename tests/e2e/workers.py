@@ -59,9 +59,10 @@ class Worker:
     def start(self) -> Worker:
         full_env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        level = os.environ.get("TEST_WORKER_LOGLEVEL", "info")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(FAUST), "-A", "collector", "worker", "-l", os.environ.get("TEST_WORKER_LOGLEVEL", "info")],
+                [str(FAUST), "-A", "collector", "worker", "-l", level],
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
