@@ -88,6 +88,11 @@ class KafkaSettings(_Section):
         default=0.01, ge=0, description="Producer linger (s); 0 sends one request per write."
     )
     max_poll_records: int = Field(default=1000, ge=1, description="Records per fetch.")
+    verify_highwaters: bool = Field(
+        default=True,
+        description="Check ListOffsets(latest) against fetch high watermarks before table "
+        "recovery (the dev broker under-reports it).",
+    )
 
     @field_validator("bootstrap_servers", "sources", mode="before")
     @classmethod

@@ -86,6 +86,8 @@ class RawProcessor:
         self._metrics = metrics
         self._clock = clock
         self.aggregator = aggregator
+        #: running totals for the progress log (metrics carry the labelled detail)
+        self.totals = {"messages": 0, "consumed": 0, "valid": 0, "dead_lettered": 0}
 
     async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         """Process a batch; returns only once everything is accepted by ``out``."""
@@ -142,7 +144,9 @@ class RawProcessor:
         dead-letter (``schema_violation``, loc ``""``) only a record that still fails.
         """
         try:
-            return await self.process(records, out)
+            result = await self.process(records, out)
+            self._count(len(records), result)
+            return result
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -160,7 +164,15 @@ class RawProcessor:
             total.enriched.extend(one.enriched)
             total.dead_letters += one.dead_letters
             total.consumed += one.consumed
+        self._count(len(records), total)
         return total
+
+    def _count(self, messages: int, result: BatchResult) -> None:
+        totals = self.totals
+        totals["messages"] += messages
+        totals["consumed"] += result.consumed
+        totals["valid"] += len(result.enriched)
+        totals["dead_lettered"] += result.dead_letters
 
     async def _dead_letter_internal(
         self, record: RawRecord, exc: Exception, out: Output

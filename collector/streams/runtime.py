@@ -109,7 +109,7 @@ class Runtime(mode.Service):
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
             add_rows=self.sinks.add, expires_ms=windows.expires_seconds * 1000,
         )
-        self._pending_rejects: list[Awaitable[Any]] = []
+        self.last_progress: dict[str, int] = {}
 
     async def _send_partial(
         self, key: bytes, value: bytes, partition: int | None

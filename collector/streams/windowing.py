@@ -50,3 +50,25 @@ async def flush_windows() -> None:
 @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
 async def _rescan_after_rebalance(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
     runtime.on_rebalanced()
+
+
+PROGRESS_INTERVAL = 10.0
+
+
+@app.timer(interval=PROGRESS_INTERVAL, name="collector.progress")
+async def log_progress() -> None:
+    """One INFO line per interval while events flow, so an operator sees the work."""
+    totals = dict(runtime.processor.totals)
+    last = runtime.last_progress
+    runtime.last_progress = totals
+    if totals == last:
+        return
+    rate = (totals["consumed"] - last.get("consumed", 0)) / PROGRESS_INTERVAL
+    sinks = ", ".join(
+        f"{name} {'ok' if h.healthy else 'FAILING'} ({h.pending} pending)"
+        for name, h in runtime.sinks.health().items()
+    )
+    log.info(
+        "progress: %d events consumed (%.0f/s), %d valid, %d dead-lettered; sinks: %s",
+        totals["consumed"], rate, totals["valid"], totals["dead_lettered"], sinks,
+    )

@@ -286,9 +286,20 @@ class Row:
     error: str = ""
 
 
+def _forget_table_state(settings: Settings) -> None:
+    """A new in-memory broker has no changelogs: local table state would not match them."""
+    root = LOCAL.parent
+    datadir = (root / settings.app.datadir).resolve()
+    if datadir.is_dir() and root in datadir.parents:
+        shutil.rmtree(datadir)
+        print(f"kafka: new in-memory broker, so removed stale table state {datadir}", flush=True)
+
+
 def _start(svc: Service, settings: Settings) -> int:
     (svc.dir / "data").mkdir(parents=True, exist_ok=True)
     log = svc.file("log")
+    if svc.name == "kafka":
+        _forget_table_state(settings)
     svc.file("conf").write_text(config_text(svc, settings))
     with log.open("ab") as out, open(os.devnull, "rb") as null:
         if svc.name == "mariadb" and not (svc.dir / "data" / "mysql").is_dir():

@@ -33,6 +33,11 @@ def test_agents_and_tables_are_registered() -> None:
     assert {"collector-state", "collector-merged"} <= set(collector.app.tables)
 
 
+def test_transport_module_imports() -> None:
+    module = importlib.import_module("collector.transport.highwater")
+    assert collector.app.transport.Consumer is module.Consumer
+
+
 def test_autodiscovery_errors_are_fatal() -> None:
     with pytest.raises(RuntimeError, match="refusing to start"):
         try:

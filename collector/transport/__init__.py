@@ -1,0 +1,1 @@
+"""Kafka transport adjustments for Faust (imports nothing else of collector)."""
