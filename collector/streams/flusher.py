@@ -28,8 +28,12 @@ log = logging.getLogger(__name__)
 Send = Callable[[bytes, bytes, int | None], Awaitable[Awaitable[Any]]]
 
 
-def to_row(table: str, specs: Specs, entry: dict[str, Any], final: bool) -> Row:
-    agg = entry["agg"]
+def to_row(
+    table: str, specs: Specs, entry: dict[str, Any], final: bool,
+    agg: dict[str, Any] | None = None,
+) -> Row:
+    """The sink row of a state entry (``agg`` overrides the entry's own aggregate)."""
+    agg = entry["agg"] if agg is None else agg
     return Row(
         table=table,
         window_start_ms=entry["ws"],

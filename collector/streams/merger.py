@@ -17,8 +17,9 @@ from typing import Any
 
 from collector.sinks import Row
 from collector.streams.aggregator import Specs
+from collector.streams.flusher import to_row
 from collector.streams.state import State
-from collector.streams.windows import combine, row_values
+from collector.streams.windows import combine
 
 SEP = "|"
 
@@ -107,11 +108,7 @@ class Merger:
             final = spec.is_closed(entry["ws"], mark)
             if key in dirty or (final and key not in self.final_sent):
                 agg = combine(table, list(entry["slots"].values()))
-                rows.append(Row(
-                    table=table, window_start_ms=entry["ws"], window_seconds=spec.seconds,
-                    key=tuple(entry["key"]), values=row_values(table, agg), final=final,
-                    latest_event_ms=agg["latest"],
-                ))
+                rows.append(to_row(table, self.specs, entry, final, agg))
                 if final:
                     self.final_sent.add(key)
                     stats["final"] += 1

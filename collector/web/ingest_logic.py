@@ -36,11 +36,12 @@ def parse_body(body: bytes) -> list[Any]:
         parsed = orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError):
         parsed = None
-        lines = [line for line in body.splitlines() if line.strip()]
+        # numbered as the caller sees the body, blank lines included
+        lines = [(n, line) for n, line in enumerate(body.splitlines(), 1) if line.strip()]
         if len(lines) < 2:
             raise BodyError("body is neither JSON nor NDJSON") from None
         items = []
-        for number, line in enumerate(lines, 1):
+        for number, line in lines:
             try:
                 items.append(orjson.loads(line))
             except (orjson.JSONDecodeError, RecursionError):
@@ -79,12 +80,12 @@ def _envelopes(events: list[bytes], limits: Limits) -> list[bytes]:
     """Pack events into arrays within both the count and the byte limit of a message."""
     out: list[bytes] = []
     parts: list[bytes] = []
-    size = 2
+    size = 1  # "[" so far; each part adds its bytes plus a "," or the closing "]"
     for encoded in events:
         full = len(parts) >= limits.max_batch_events
         if parts and (full or size + len(encoded) + 1 > limits.max_message_bytes):
             out.append(_pack(parts))
-            parts, size = [], 2
+            parts, size = [], 1
         parts.append(encoded)
         size += len(encoded) + 1
     if parts:
