@@ -37,7 +37,7 @@ class Metrics:
             namespace=ns, registry=registry,
         )
         self.enrichment = Counter(
-            "enrichment", "Enrichment lookups by outcome", ["outcome"],
+            "enrichment", "Enriched events by lookup outcome", ["outcome"],
             namespace=ns, registry=registry,
         )
         self.http_ingest = Counter(

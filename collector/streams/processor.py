@@ -124,11 +124,12 @@ class RawProcessor:
                 )
                 self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
                 result.dead_letters += 1
+        if valid:
+            await self._enrich(valid, result, out, pending)
+        # consumed last: a scrape mid-batch may see consumed lag, never valid + DL short
         for source, count in consumed.items():
             self._metrics.consumed.labels(source).inc(count)
             result.consumed += count
-        if valid:
-            await self._enrich(valid, result, out, pending)
         if self.aggregator is not None and result.enriched:
             for late in self.aggregator.apply(result.enriched):
                 pending.append(await self._dead_letter_late(late, now_ms, out))

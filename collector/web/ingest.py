@@ -8,6 +8,7 @@ leaving records in a buffer that could still be delivered after the caller gave 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -47,7 +48,14 @@ class IngestProducer(mode.Service):
                     request_timeout_ms=int(SEND_TIMEOUT * 1000),
                     max_request_size=max(1_048_576, settings.ingest.max_message_bytes * 2),
                 )
-                await asyncio.wait_for(producer.start(), SEND_TIMEOUT)
+                try:
+                    await asyncio.wait_for(producer.start(), SEND_TIMEOUT)
+                except BaseException:
+                    # a producer that failed to start still holds a client: close it, or
+                    # every request during an outage leaks one ("Unclosed AIOKafkaProducer")
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    raise
                 self._producer = producer
             return self._producer
 
