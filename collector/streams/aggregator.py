@@ -99,6 +99,8 @@ class Aggregator:
     #: slot key -> wall-clock time of its last event (idle detection)
     last_seen: dict[str, float] = field(default_factory=dict)
     updates: dict[str, int] = field(default_factory=dict)
+    #: events skipped because their slot had absorbed them before (replays)
+    replayed: int = 0
 
     def slot(self, topic: str, partition: int) -> dict[str, Any]:
         key = slot_key(topic, partition)
@@ -113,12 +115,21 @@ class Aggregator:
         now = self.clock()
         touched: dict[str, _Touched] = {}
         slots: dict[str, tuple[int, dict[str, Any]]] = {}
+        #: slot key -> highest offset the slot had absorbed before this batch
+        absorbed: dict[str, int] = {}
         late: list[Late] = []
         specs = self.specs
         for record, event in batch:
             skey = slot_key(record.topic, record.partition)
             if skey not in slots:
-                slots[skey] = (record.partition, self.slot(record.topic, record.partition))
+                slot = self.slot(record.topic, record.partition)
+                slots[skey] = (record.partition, slot)
+                absorbed[skey] = slot["off"]
+            if record.offset <= absorbed[skey]:
+                # a replay after a restart: counted before, and judged late (or not) before;
+                # checking lateness again would dead-letter it a second time
+                self.replayed += 1
+                continue
             slot = slots[skey][1]
             closed_through = max(slot["wm"], slot["idle"])
             ts, value = event["ts"], event.get("value")

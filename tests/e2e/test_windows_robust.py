@@ -692,3 +692,6 @@ async def test_kill_9_mid_stream_loses_nothing(
     assert info["replayed"] > 0, "nothing was read twice: the offset guard was not exercised"
     # the offset guard's goal; without it every replayed event counts twice (measured)
     assert sum(over.values()) == 0, over
+    # every event is on time; a replayed one is skipped before the lateness check, so it
+    # is not dead-lettered as late a second time
+    assert info["dead_letters"] == 0, info
