@@ -56,6 +56,13 @@ class CollectorApp(faust.App):
             return transport_cls(self.conf.broker_consumer, self)
         return super()._new_transport()
 
+    def _new_web(self) -> Any:
+        if self.conf.web.scheme == "aiohttp":
+            # by name, like the transport; frees "/" for collector's web view
+            web_cls: Any = symbol_by_name("collector.web.server:Web")
+            return web_cls(self)
+        return super()._new_web()
+
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
     kafka = settings.kafka

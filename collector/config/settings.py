@@ -255,6 +255,20 @@ class WebSettings(_Section):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body."
     )
+    faust_sensors: bool = Field(
+        default=True, description="Export Faust's own sensor metrics (faust_*) on /metrics."
+    )
+    observe_interval_seconds: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How often consumer lag and the web view's rate history are sampled.",
+    )
+    ready_stall_seconds: float = Field(
+        default=120.0, gt=0,
+        description="Not ready when a raw partition lags with no commit progress this long.",
+    )
+    ready_sink_failing_seconds: float = Field(
+        default=60.0, gt=0, description="Not ready when a sink has been failing this long."
+    )
 
 
 class IngestSettings(_Section):

@@ -79,6 +79,6 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, namespace=ns, registry=registry,
         )
         self.consumer_lag = Gauge(
-            "consumer_lag", "High watermark - committed offset", ["topic", "partition"],
+            "consumer_lag", "Fetch high watermark - committed offset", ["topic", "partition"],
             namespace=ns, registry=registry,
         )

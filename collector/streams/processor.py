@@ -131,9 +131,13 @@ class RawProcessor:
             self._metrics.consumed.labels(source).inc(count)
             result.consumed += count
         if self.aggregator is not None and result.enriched:
+            before = dict(self.aggregator.updates)
             for late in self.aggregator.apply(result.enriched):
                 pending.append(await self._dead_letter_late(late, now_ms, out))
                 result.dead_letters += 1
+            for table, count in self.aggregator.updates.items():
+                if count > before.get(table, 0):
+                    self._metrics.window_updates.labels(table).inc(count - before.get(table, 0))
         if pending:
             await asyncio.gather(*pending)
         return result

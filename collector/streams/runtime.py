@@ -21,6 +21,9 @@ from collector import settings as _settings
 from collector.config import Settings
 from collector.models import DEADLETTER_REASON_HEADER, Reason, dead_letter_for_event
 from collector.observability import Metrics
+from collector.observability.faust_sensors import install_faust_sensors
+from collector.observability.lag import LagTracker, consumer_offsets
+from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink, Row
 from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
@@ -79,6 +82,12 @@ class Runtime(mode.Service):
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        if settings.web.faust_sensors:
+            install_faust_sensors(app, self.registry)
+        #: per raw partition: lag and commit progress (readiness, /metrics, web view)
+        self.lag = LagTracker()
+        #: recent totals, so the web view's rates are computed here, once
+        self.history = RateHistory()
         self.cache = ProfileCache(settings.redis)
         self.repo = UserRepository(settings.mysql)
         self.enricher = Enricher(
@@ -159,6 +168,36 @@ class Runtime(mode.Service):
     @mode.Service.task
     async def _sink_loop(self) -> None:
         await self.sinks.run()
+
+    def totals(self) -> Totals:
+        return totals_of(self.metrics, time.time())
+
+    def observe(self) -> None:
+        """Sample lag over the assigned raw partitions and the totals for the rates."""
+        self.history.add(self.totals())
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment()
+                        if tp.topic in self.settings.kafka.raw_topics]
+        except Exception:  # consumer not started yet
+            assigned = []
+        old = {(p.topic, str(p.partition)) for p in self.lag.partitions if p.lag is not None}
+        rows = self.lag.update(consumer_offsets(self.app.consumer, assigned) if assigned else {})
+        new = {(p.topic, str(p.partition)): p.lag for p in rows if p.lag is not None}
+        gauge = self.metrics.consumer_lag
+        for labels in old - set(new):
+            gauge.remove(*labels)
+        for labels, lag in new.items():
+            gauge.labels(*labels).set(lag)
+
+    @mode.Service.task
+    async def _observe_loop(self) -> None:
+        interval = self.settings.web.observe_interval_seconds
+        while not self.should_stop:
+            try:
+                self.observe()
+            except Exception:
+                log.exception("observing lag failed; retrying next interval")
+            await self.sleep(interval)
 
     async def on_stop(self) -> None:
         await self.sinks.flush_once()

@@ -6,7 +6,6 @@ so nothing here touches prometheus_client's global registry.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -14,12 +13,12 @@ from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from collector import app, settings
+from collector.observability import health
+from collector.observability.health import Thresholds
 from collector.streams.runtime import runtime
 from collector.web.ingest import bearer_ok
 
 blueprint = web.Blueprint("ops")
-
-SINK_FAILING_THRESHOLD_S = 60.0
 
 
 @blueprint.route("/metrics", name="metrics")
@@ -38,21 +37,19 @@ class LiveView(web.View):
 
 
 def readiness() -> tuple[bool, dict[str, Any]]:
-    """Ready once table recovery completed and no sink has failed for too long."""
-    reasons: list[str] = []
+    """Ready once recovered, with commits progressing and no sink failing for too long."""
     recovery = app.tables.recovery  # type: ignore[attr-defined]
-    if not recovery.completed.is_set() or app.in_recovery:
-        reasons.append("table recovery in progress")
-    if app.rebalancing:
-        reasons.append("rebalancing")
-    sinks = {}
-    now = time.time()
-    for name, health in runtime.sinks.health().items():
-        sinks[name] = dataclasses.asdict(health)
-        since = health.failing_since
-        if since is not None and now - since > SINK_FAILING_THRESHOLD_S:
-            reasons.append(f"sink {name} failing for {now - since:.0f}s: {health.last_error}")
-    return not reasons, {"ready": not reasons, "reasons": reasons, "sinks": sinks}
+    web_settings = settings.web
+    thresholds = Thresholds(stall_s=web_settings.ready_stall_seconds,
+                            sink_failing_s=web_settings.ready_sink_failing_seconds)
+    return health.readiness(
+        recovered=recovery.completed.is_set() and not app.in_recovery,
+        rebalancing=bool(app.rebalancing),
+        stalled=runtime.lag.stalled(thresholds.stall_s),
+        sink_health=runtime.sinks.health(),
+        now=time.time(),
+        thresholds=thresholds,
+    )
 
 
 @blueprint.route("/readyz", name="readyz")

@@ -1,0 +1,168 @@
+"""The web view in a real headless Chromium: the numbers it renders are the API's.
+
+Chromium loads ``/`` (which fetches ``/api/v1/summary`` and ``/api/v1/stats/events``),
+``--dump-dom`` gives the rendered DOM, and the page's stable ids and data attributes are
+compared with what the API answers.  The screenshot is kept under ``test-artifacts/``;
+with ``COLLECTOR_UPDATE_SCREENSHOT=1`` it also replaces ``docs/web-view.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.sources.topics import ensure_topics
+from tests.e2e.kafka_io import produce, settings_for
+from tests.e2e.tools import ROOT, ensure_program, get, keep_artifact
+from tests.e2e.workers import Worker, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+
+class Elements(HTMLParser):
+    """Every element's attributes, by id, plus the rows of each table by ``data-*``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, str]] = {}
+        self.rows: list[dict[str, str]] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        self.tags.append(tag)
+        if "id" in values:
+            self.by_id[values["id"]] = values
+        if tag == "tr" and any(k.startswith("data-") for k in values):
+            self.rows.append(values)
+
+    def rows_with(self, attr: str) -> dict[str, dict[str, str]]:
+        return {row[attr]: row for row in self.rows if attr in row}
+
+
+def chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}",
+           "--virtual-time-budget=8000", *args]
+    return subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+
+
+def summary(base: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(get(f"{base}/api/v1/summary"))
+    return result
+
+
+def wait_settled(base: str, consumed: int, limit_s: float = 60.0) -> dict[str, Any]:
+    """The summary once every produced event is counted and a sink flush has happened."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        body = summary(base)
+        written = body["sinks"].get("mysql", {}).get("rows_written", 0)
+        if body["totals"]["consumed"] >= consumed and written > 0:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+
+
+def stats_events(base: str, now_ms: int) -> dict[str, Any] | None:
+    """The windows the page asks for, or None while that endpoint does not exist."""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms - 15 * 60_000) / 1000))
+    to = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms + 60_000) / 1000))
+    try:
+        result: dict[str, Any] = json.loads(get(f"{base}/api/v1/stats/events?from={iso}&to={to}"))
+    except urllib.error.HTTPError as exc:
+        if exc.code in (400, 404, 405):
+            return None
+        raise
+    return result
+
+
+async def test_web_view_renders_the_api_numbers(
+    worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    browser = ensure_program("chromium", "chromium")
+    env = isolated_env(tmp_path)
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    worker = worker_factory(env).start()
+    worker.wait_ready()
+    base = f"http://127.0.0.1:{worker.port}"
+
+    now = int(time.time() * 1000)
+    web = [(f"u{i % 5:05d}".encode(), orjson.dumps(
+        {"event_id": f"w{i}", "user_id": f"u{i % 5:05d}", "type": ("click", "view")[i % 2],
+         "ts": now - 1000 * i, "value": float(i)})) for i in range(30)]
+    web += [(None, b"{broken")] * 4
+    mobile = [(b"u00002", orjson.dumps({"event_id": f"m{i}", "user_id": "u00002",
+                                        "type": "open", "ts": now})) for i in range(6)]
+    mobile += [(b"u00002", orjson.dumps({"event_id": "m-bad", "ts": "yesterday"}))]
+    await produce(settings, settings.kafka.raw_topic("web"), web)
+    await produce(settings, settings.kafka.raw_topic("mobile"), mobile)
+    expected = wait_settled(base, consumed=41)
+    assert expected["totals"] == {"consumed": 41, "valid": 36, "dead_lettered": 5}
+
+    dom = chromium(browser, tmp_path, "--dump-dom", f"{base}/").stdout.decode()
+    (tmp_path / "web-view.html").write_text(dom)
+    page = Elements()
+    page.feed(dom)
+    api = summary(base)
+    assert api["totals"] == expected["totals"], "counters moved while the page rendered"
+
+    ids = page.by_id
+    assert ids["total-consumed"]["data-value"] == "41"
+    assert ids["total-valid"]["data-value"] == "36"
+    assert ids["total-dead"]["data-value"] == "5"
+    assert ids["ready"]["data-ready"] in {"true", "false"}
+    assert float(ids["hit-ratio"]["data-ratio"]) == pytest.approx(api["enrichment"]["hit_ratio"])
+    assert ids["events-per-s"]["data-value"] != "" or api["rates"]["events_per_s"] is None
+    assert {r: float(row["data-count"]) for r, row in page.rows_with("data-reason").items()} \
+        == api["dead_letters"] == {"malformed_json": 4, "schema_violation": 1}
+    sources = page.rows_with("data-source")
+    assert {s: (float(r["data-consumed"]), float(r["data-valid"]), float(r["data-dead"]))
+            for s, r in sources.items()} == {
+        s: (t["consumed"], t["valid"], t["dead_lettered"]) for s, t in api["by_source"].items()}
+    outcomes = page.rows_with("data-outcome")
+    assert {o: float(r["data-count"]) for o, r in outcomes.items()} == {
+        o: api["enrichment"][o] for o in ("hit", "miss", "negative", "degraded")}
+    sinks = page.rows_with("data-sink")
+    assert set(sinks) == set(api["sinks"]) == {"mysql", "influxdb"}
+    for name, row in sinks.items():
+        assert row["data-healthy"] == str(api["sinks"][name]["healthy"]).lower()
+
+    windows = stats_events(base, now)
+    status = ids["windows-status"]["data-status"]
+    if windows is None:
+        assert status == "unavailable"
+    else:
+        assert status == "ok"
+        latest: dict[str, dict[str, Any]] = {}
+        for w in windows["windows"]:
+            key = f"{w['key']['source']}|{w['key']['type']}"
+            if key not in latest or w["window_start_ms"] > latest[key]["window_start_ms"]:
+                latest[key] = w
+        shown = page.rows_with("data-key")
+        assert set(shown) == set(latest)
+        for key, w in latest.items():
+            assert int(shown[key]["data-window-start-ms"]) == w["window_start_ms"]
+            assert float(shown[key]["data-count"]) == w["values"]["count"]
+        if latest:
+            assert "windows-chart" in ids and "polyline" in page.tags
+
+    shot = tmp_path / "web-view.png"
+    chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,900", f"{base}/")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    keep_artifact(shot)
+    keep_artifact(tmp_path / "web-view.html")
+    if os.environ.get("COLLECTOR_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "web-view.png")

@@ -1,0 +1,191 @@
+"""Consumer lag, commit-stall readiness and the web view's summary, without Kafka."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.observability import Metrics
+from collector.observability.health import Thresholds, readiness
+from collector.observability.lag import LagTracker, Offsets, PartitionLag, consumer_offsets, lag_of
+from collector.observability.summary import RateHistory, Totals, build_summary, totals_of
+from collector.sinks import SinkHealth
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("offsets", "lag"),
+    [
+        (Offsets(highwater=500, committed=200, consumed=300), 300),  # committed, not consumed
+        (Offsets(highwater=500, committed=None, consumed=450), 50),  # before the first commit
+        (Offsets(highwater=500, committed=None, consumed=None), 500),
+        (Offsets(highwater=None, committed=10, consumed=10), None),  # no fetch response yet
+        (Offsets(highwater=5, committed=7, consumed=7), 0),  # never negative
+    ],
+)
+def test_lag_is_fetch_highwater_minus_committed(offsets: Offsets, lag: int | None) -> None:
+    assert lag_of(offsets) == lag
+
+
+def test_stall_needs_lag_and_no_commit_progress() -> None:
+    clock = Clock()
+    tracker = LagTracker(clock)
+    tp = ("collect.raw.web", 0)
+    tracker.update({tp: Offsets(100, 50, 60)})
+    clock.now += 30
+    tracker.update({tp: Offsets(120, 50, 60)})
+    assert tracker.stalled(20) == [PartitionLag("collect.raw.web", 0, 120, 50, 70, 30.0)]
+    assert tracker.stalled(60) == []
+    # the commit moves: progress, the clock restarts
+    clock.now += 1
+    tracker.update({tp: Offsets(120, 80, 90)})
+    assert tracker.stalled(20) == []
+    # caught up (lag 0) for a long time is not a stall either
+    clock.now += 1
+    tracker.update({tp: Offsets(80, 80, 80)})
+    clock.now += 500
+    tracker.update({tp: Offsets(80, 80, 80)})
+    assert tracker.stalled(20) == [] and tracker.total == 0
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    clock = Clock()
+    tracker = LagTracker(clock)
+    tracker.update({("t", 0): Offsets(10, 0, 0), ("t", 1): Offsets(10, 0, 0)})
+    clock.now += 100
+    rows = tracker.update({("t", 1): Offsets(10, 0, 0)})
+    assert [(p.topic, p.partition) for p in rows] == [("t", 1)]
+    assert tracker.total == 10
+    clock.now += 1
+    tracker.update({("t", 0): Offsets(10, 0, 0), ("t", 1): Offsets(10, 0, 0)})
+    assert [p.partition for p in tracker.stalled(50)] == [1]  # 0 came back: fresh clock
+
+
+@dataclass(frozen=True)
+class FakeTP:
+    topic: str
+    partition: int
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self._committed_offset = {FakeTP("t", 0): 40}
+        self._read_offset = {FakeTP("t", 0): 44, FakeTP("t", 1): 9}
+
+    def highwater(self, tp: FakeTP) -> int | None:
+        if tp.partition == 2:
+            raise RuntimeError("revoked")
+        return {0: 50, 1: 12}.get(tp.partition)
+
+
+def test_consumer_offsets_reads_faust_bookkeeping() -> None:
+    tps = [FakeTP("t", 0), FakeTP("t", 1), FakeTP("t", 2)]
+    assert consumer_offsets(FakeConsumer(), tps) == {
+        ("t", 0): Offsets(50, 40, 45),
+        ("t", 1): Offsets(12, None, 10),
+        ("t", 2): Offsets(None, None, None),
+    }
+
+
+def _health(failing_since: float | None) -> SinkHealth:
+    return SinkHealth(healthy=failing_since is None, failing_since=failing_since,
+                      last_error=None if failing_since is None else "refused", pending=3,
+                      last_success=None)
+
+
+def test_readiness_reasons() -> None:
+    thresholds = Thresholds(stall_s=120, sink_failing_s=60)
+    ok, body = readiness(recovered=True, rebalancing=False, stalled=[],
+                         sink_health={"mysql": _health(None)}, now=10_000, thresholds=thresholds)
+    assert ok and body["ready"] and body["reasons"] == []
+
+    stalled = [PartitionLag("collect.raw.web", 3, 900, 100, 800, 130.0)]
+    ok, body = readiness(recovered=False, rebalancing=True, stalled=stalled,
+                         sink_health={"mysql": _health(10_000 - 61),
+                                      "influxdb": _health(10_000 - 59)},
+                         now=10_000, thresholds=thresholds)
+    assert not ok and body["ready"] is False
+    reasons = body["reasons"]
+    assert reasons[0] == "table recovery in progress" and reasons[1] == "rebalancing"
+    assert "collect.raw.web[3]" in reasons[2] and "lag 800" in reasons[2]
+    assert reasons[3].startswith("sink mysql failing for 61s")
+    assert len(reasons) == 4  # influxdb is failing, but not for long enough
+    assert body["stalled_partitions"][0]["lag"] == 800
+
+
+def test_summary_is_shaped_from_the_counters() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.consumed.labels("web").inc(10)
+    metrics.consumed.labels("mobile").inc(4)
+    metrics.valid.labels("web").inc(8)
+    metrics.valid.labels("mobile").inc(3)
+    metrics.dead_lettered.labels("web", "malformed_json").inc(2)
+    metrics.dead_lettered.labels("mobile", "schema_violation").inc(1)
+    metrics.enrichment.labels("hit").inc(9)
+    metrics.enrichment.labels("miss").inc(2)
+    metrics.sink_rows.labels("mysql").inc(5)
+    metrics.window_updates.labels("event_stats").inc(7)
+    history = RateHistory(window_s=10)
+    history.add(Totals(100.0, 4, 1, {"malformed_json": 1}))
+    history.add(Totals(105.0, 10, 2, {"malformed_json": 2}))
+    now = totals_of(metrics, 110.0)
+    assert now == Totals(110.0, 14, 3, {"malformed_json": 2, "schema_violation": 1})
+
+    body = build_summary(metrics, now=now, history=history,
+                         sink_health={"mysql": _health(None)},
+                         lag=[PartitionLag("t", 0, 10, 4, 6, 0.0)], ready={"ready": True})
+    assert body["totals"] == {"consumed": 14, "valid": 11, "dead_lettered": 3}
+    assert body["by_source"] == {
+        "mobile": {"consumed": 4, "valid": 3, "dead_lettered": 1},
+        "web": {"consumed": 10, "valid": 8, "dead_lettered": 2},
+    }
+    assert body["dead_letters"] == {"malformed_json": 2, "schema_violation": 1}
+    assert body["rates"]["events_per_s"] == pytest.approx(1.0)  # (14 - 4) / 10 s
+    assert body["rates"]["dead_letters_per_s_by_reason"] == {
+        "malformed_json": pytest.approx(0.1), "schema_violation": pytest.approx(0.1)}
+    assert body["enrichment"]["hit_ratio"] == pytest.approx(9 / 11)
+    assert body["enrichment"]["negative"] == 0
+    assert body["windows"]["updates"] == {"event_stats": 7}
+    assert body["sinks"]["mysql"]["rows_written"] == 5
+    assert body["sinks"]["mysql"]["pending"] == 3
+    assert body["lag"] == {"total": 6, "partitions": [
+        {"topic": "t", "partition": 0, "highwater": 10, "committed": 4, "lag": 6,
+         "stalled_for": 0.0}]}
+    assert body["generated_at"].endswith("+00:00")
+
+
+def test_rates_need_an_older_sample_within_the_window() -> None:
+    history = RateHistory(window_s=10)
+    now = Totals(100.0, 5, 0, {})
+    assert history.rates(now)["events_per_s"] is None
+    history.add(Totals(50.0, 0, 0, {}))  # too old
+    assert history.rates(now)["events_per_s"] is None
+
+
+def test_root_is_the_web_view_not_fausts_placeholder() -> None:
+    import collector
+    from collector.web.server import Web
+
+    web = collector.app.web
+    assert isinstance(web, Web)
+    assert not any("production_index" in str(bp) for _, bp in web._enabled_blueprints())
+
+
+def test_faust_sensors_use_our_registry() -> None:
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    import collector
+    from collector.streams.runtime import runtime
+
+    assert isinstance(collector.app.monitor, PrometheusMonitor)
+    names = {m.name for m in runtime.registry.collect()}
+    assert "faust_messages_received" in names and "collector_events_consumed" in names
