@@ -49,6 +49,21 @@ _OPERATIONAL: Final = (
 )
 
 
+#: Suffix of a user's version key; ``~`` cannot occur in a user_id, so no key collides.
+VERSION_SUFFIX: Final = "~v"
+
+#: SET KEYS[1] ARGV[1] EX ARGV[2] only while the version KEYS[2] is still ARGV[3]; atomic.
+_FILL_IF_VERSION: Final = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
 @final
 class Negative:
     """A cached "MySQL has no such user" answer (see ``NEGATIVE``)."""
@@ -106,25 +121,55 @@ class ProfileCache:
                 found[user_id] = profile
         return found
 
-    async def put_many(self, profiles: Mapping[str, UserProfile | None]) -> None:
-        """Cache loaded profiles; None caches "unknown user" for the shorter negative TTL."""
-        if not profiles:
-            return
+    def version_key(self, user_id: str) -> str:
+        return f"{self._settings.key_prefix}{user_id}{VERSION_SUFFIX}"
+
+    async def versions(self, user_ids: Iterable[str]) -> dict[str, bytes]:
+        """Each user's profile version (bumped by ``invalidate``), read BEFORE loading MySQL."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        client = self._redis()
+        async with self._guard("MGET"):
+            values = await client.mget([self.version_key(user_id) for user_id in ids])
+        return {u: _as_bytes(value or b"0") for u, value in zip(ids, values, strict=True)}
+
+    async def put_many(
+        self, profiles: Mapping[str, UserProfile | None], versions: Mapping[str, bytes]
+    ) -> int:
+        """Cache loaded profiles; None caches "unknown user" for the shorter negative TTL.
+
+        A profile is only cached if its version is still the one read before the MySQL
+        load: otherwise an update (on any worker) came in between, and the loaded row may
+        be the old one.  Returns how many entries were cached.
+        """
+        todo = [u for u in profiles if u in versions]
+        if not todo:
+            return 0
         client = self._redis()
         async with self._guard("SET"):
             async with client.pipeline(transaction=False) as pipe:
-                for user_id, profile in profiles.items():
-                    if profile is None:
-                        pipe.set(self.key(user_id), NEGATIVE_MARKER, ex=self._settings.negative_ttl)
-                    else:
-                        pipe.set(self.key(user_id), profile.to_json(), ex=self._settings.user_ttl)
-                await pipe.execute()
+                for user_id in todo:
+                    profile = profiles[user_id]
+                    value = NEGATIVE_MARKER if profile is None else profile.to_json()
+                    ttl = self._settings.user_ttl if profile else self._settings.negative_ttl
+                    pipe.eval(_FILL_IF_VERSION, 2, self.key(user_id), self.version_key(user_id),
+                              value, ttl, versions[user_id])
+                results = await pipe.execute()
+        return sum(1 for result in results if result)
 
     async def invalidate(self, user_id: str) -> None:
-        """Drop the cached answer for ``user_id`` so the next lookup reads MySQL."""
+        """Drop the cached answer for ``user_id`` and bump its version (voids loads in flight)."""
         client = self._redis()
+        version_key = self.version_key(user_id)
         async with self._guard("DEL"):
-            await client.delete(self.key(user_id))
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incr(version_key)
+                # outlives any load in flight; an expired version reads "0", which can only
+                # make a fill skip, never cache a stale row
+                pipe.expire(version_key, max(self._settings.user_ttl, 60))
+                pipe.delete(self.key(user_id))
+                await pipe.execute()
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:

@@ -40,7 +40,10 @@ class CacheLike(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserProfile | Negative]: ...
-    async def put_many(self, profiles: Mapping[str, UserProfile | None]) -> None: ...
+    async def versions(self, user_ids: Iterable[str]) -> dict[str, bytes]: ...
+    async def put_many(
+        self, profiles: Mapping[str, UserProfile | None], versions: Mapping[str, bytes]
+    ) -> int: ...
     async def invalidate(self, user_id: str) -> None: ...
 
 
@@ -253,6 +256,7 @@ class Enricher:
     async def _run_load(self, load: _Load) -> None:
         try:
             try:
+                versions = await self._versions(load.ids)
                 found = await self._repo.get_many(load.ids)
             except SourceError as exc:
                 self._mysql.failure(exc)
@@ -277,13 +281,28 @@ class Enricher:
                     del self._inflight[user_id]
         # Fill the cache after the waiters have their answer (they do not wait for it).
         fill = {u: found.get(u) for u in load.ids if u not in load.invalidated}
-        if fill and self._redis.allow():
+        if fill and versions and self._redis.allow():
             try:
-                await self._cache.put_many(fill)
+                await self._cache.put_many(fill, versions)
             except SourceError as exc:
                 self._redis.failure(exc)
             else:
                 self._redis.success()
+
+    async def _versions(self, user_ids: list[str]) -> dict[str, bytes]:
+        """Profile versions before the load; none (so no fill) while Redis is failing."""
+        if not self._redis.allow():
+            return {}
+        try:
+            versions = await self._cache.versions(user_ids)
+        except SourceError as exc:
+            self._redis.failure(exc)
+            return {}
+        except Exception:  # a bug: lose the fill, never the load
+            log.exception("reading profile versions failed; not filling the cache")
+            return {}
+        self._redis.success()
+        return versions
 
 
 async def upsert_user(

@@ -210,6 +210,25 @@ async def test_upsert_user_is_seen_by_next_lookup(shared: tuple[Settings, Enrich
         await repo.close()
 
 
+async def test_a_fill_racing_an_update_is_refused(shared: tuple[Settings, Enricher]) -> None:
+    """Real Redis: a fill whose version was read before an invalidate (another worker's
+    profile update) does not cache the old row; a fill with the new version does."""
+    settings, _ = shared
+    cache = ProfileCache(settings.redis)
+    user_id = _unique("race")
+    old, new = UserProfile(user_id, "smb", "DE", "free"), UserProfile(user_id, "smb", "DE", "pro")
+    try:
+        before = await cache.versions([user_id])
+        await cache.invalidate(user_id)  # the update lands while the load reads MySQL
+        assert await cache.put_many({user_id: old}, before) == 0
+        assert await cache.get_many([user_id]) == {}
+        assert await cache.put_many({user_id: new}, await cache.versions([user_id])) == 1
+        assert await cache.get_many([user_id]) == {user_id: new}
+    finally:
+        await cache.invalidate(user_id)
+        await cache.close()
+
+
 # -- outages on throwaway servers ------------------------------------------------------
 
 
@@ -311,7 +330,8 @@ async def test_hanging_redis_costs_one_timeout_per_backoff(
         own_redis.resume()
         # The MGET cut off by the timeout must not leave its late reply on a pooled
         # connection: the next commands read their own answers.
-        await cache.put_many({user_id: profile, "it-nobody": None})
+        await cache.put_many({user_id: profile, "it-nobody": None},
+                             await cache.versions([user_id, "it-nobody"]))
         assert await cache.get_many([user_id, "it-nobody", "it-absent"]) == {
             user_id: profile,
             "it-nobody": NEGATIVE,

@@ -41,6 +41,7 @@ class FakeCache:
         self.delay = 0.0
         self.mgets: list[list[str]] = []
         self.calls: list[str] = []
+        self.version: dict[str, int] = {}
 
     async def _io(self, op: str) -> None:
         self.calls.append(op)
@@ -59,13 +60,24 @@ class FakeCache:
         await self._io("mget")
         return {u: self.data[u] for u in ids if u in self.data}
 
-    async def put_many(self, profiles: Mapping[str, UserProfile | None]) -> None:
+    async def versions(self, user_ids: Iterable[str]) -> dict[str, bytes]:
+        await self._io("versions")
+        return {u: str(self.version.get(u, 0)).encode() for u in user_ids}
+
+    async def put_many(
+        self, profiles: Mapping[str, UserProfile | None], versions: Mapping[str, bytes]
+    ) -> int:
         await self._io("put")
+        done = 0
         for user_id, profile in profiles.items():
-            self.data[user_id] = NEGATIVE if profile is None else profile
+            if versions.get(user_id) == str(self.version.get(user_id, 0)).encode():
+                self.data[user_id] = NEGATIVE if profile is None else profile
+                done += 1
+        return done
 
     async def invalidate(self, user_id: str) -> None:
         await self._io("invalidate")
+        self.version[user_id] = self.version.get(user_id, 0) + 1
         self.data.pop(user_id, None)
 
 
@@ -86,11 +98,12 @@ class FakeRepo:
     async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserProfile]:
         ids = list(user_ids)
         self.loads.append(ids)
+        rows = {u: self.users[u] for u in ids if u in self.users}  # read, then the reply
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.down:
             raise SourceUnavailable("mysql down")
-        return {u: self.users[u] for u in ids if u in self.users}
+        return rows
 
     async def upsert(self, profile: UserProfile, signup_at: datetime | None = None) -> None:
         self.calls.append("upsert")
@@ -316,6 +329,28 @@ async def test_invalidate_during_load_does_not_cache_stale_row(
     await lookup
     await settle()
     assert ALICE.user_id not in cache.data
+
+
+async def test_an_update_on_another_worker_voids_a_load_in_flight(
+    enricher: Enricher, cache: FakeCache, repo: FakeRepo
+) -> None:
+    """Worker A loads the old row; worker B updates MySQL and invalidates (a different
+    process: A's in-flight bookkeeping never hears of it); A's fill must not cache the
+    old row, or every worker would serve it until the TTL."""
+    repo.delay = 0.05
+    lookup = asyncio.create_task(enricher.enrich_many([ALICE.user_id]))
+    await asyncio.sleep(0.01)  # A's load has read the version and waits on MySQL
+    changed = UserProfile(ALICE.user_id, "enterprise", "DE", "enterprise")
+    repo.users[ALICE.user_id] = changed
+    other_worker = cache  # B talks to Redis directly, not through A's enricher
+    await other_worker.invalidate(ALICE.user_id)
+    assert (await lookup)[ALICE.user_id] == (ALICE, Outcome.MISS)  # read before the update
+    await settle()
+    assert ALICE.user_id not in cache.data  # the stale fill was refused
+    repo.delay = 0.0
+    assert await enricher.enrich_many([ALICE.user_id]) == {ALICE.user_id: (changed, Outcome.MISS)}
+    await settle()
+    assert cache.data[ALICE.user_id] == changed  # the next load fills normally
 
 
 async def test_upsert_user_writes_mysql_then_invalidates(
