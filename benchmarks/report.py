@@ -1,0 +1,217 @@
+"""Pure reporting: statistics, the results table, the JSON files and the docs section."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in [0, 100]) of ``values`` (NaN if empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """count, mean, p50, p99 and max, rounded to milliseconds."""
+    if not values:
+        return {"count": 0, "mean": math.nan, "p50": math.nan, "p99": math.nan, "max": math.nan}
+    return {
+        "count": len(values),
+        "mean": round(sum(values) / len(values), 3),
+        "p50": round(percentile(values, 50), 3),
+        "p99": round(percentile(values, 99), 3),
+        "max": round(max(values), 3),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
+def times(value: float | None) -> str | None:
+    """A ratio for the table: ``2.31x``, ``0.012x``."""
+    if value is None:
+        return None
+    return f"{value:.2f}x" if value >= 0.995 else f"{value:.3f}x"
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.endswith("x") and value[:-1].replace(".", "", 1).isdigit()
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-markdown table (also readable in a terminal), numbers right-aligned."""
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(row[i]) for row in rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w)
+                 for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "| " + " | ".join(parts) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2))
+                          for w, num in zip(widths, numeric, strict=True)) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in cells)])
+
+
+THROUGHPUT_HEADERS = ("mode", "stage", "events/s", "µs CPU/event", "peak RSS MB",
+                      "vs ceiling", "vs reference", "seconds")
+
+
+def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for mode, res in results.get("modes", {}).items():
+        ceiling = (res.get("ceiling") or {}).get("events_per_s")
+        reference = (res.get("reference") or {}).get("events_per_s")
+        produce = res.get("produce") or {}
+        if produce:
+            rows.append([mode, "produce (collector produce)", produce.get("events_per_second"),
+                         None, None, None, None, produce.get("seconds")])
+        for stage in ("ceiling", "reference", "pipeline"):
+            r = res.get(stage)
+            if not r:
+                continue
+            eps = r.get("events_per_s")
+            rows.append([mode, stage, eps, r.get("cpu_us_per_event"), r.get("peak_rss_mb"),
+                         times(ratio(eps, ceiling)) if stage != "ceiling" else None,
+                         times(ratio(eps, reference)) if stage == "pipeline" else None,
+                         r.get("seconds")])
+            if stage == "pipeline" and r.get("consume_only"):
+                c = r["consume_only"]
+                rows.append([mode, "pipeline (consumed, not yet flushed)",
+                             c.get("events_per_s"), c.get("cpu_us_per_event"), None,
+                             times(ratio(c.get("events_per_s"), ceiling)),
+                             times(ratio(c.get("events_per_s"), reference)),
+                             c.get("seconds")])
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    """The human report: throughput table, latency, scaling, targets."""
+    out = [format_table(THROUGHPUT_HEADERS, throughput_rows(results))]
+    lat = results.get("latency")
+    if lat:
+        out.append("")
+        out.append(format_table(
+            ("latency mode", "offered ev/s", "sent ev/s", "seconds", "p50 s", "p99 s", "max s",
+             "not visible", "flush interval s"),
+            [[lat.get("mode"), lat["offered_events_per_s"], lat["achieved_send_events_per_s"],
+              lat["seconds"], lat["p50_s"], lat["p99_s"], lat["max_s"], lat["not_visible"],
+              lat["flush_interval_s"]]]))
+    scaling = results.get("scaling")
+    if scaling:
+        out.append("")
+        out.append(format_table(
+            ("scaling N", "events/s", "µs CPU/event", "peak RSS MB"),
+            [[p["n"], p["events_per_s"], p["cpu_us_per_event"], p["peak_rss_mb"]]
+             for p in scaling["points"]]))
+        out.append(f"per-event CPU change small->large N: {_fmt(scaling.get('cpu_change_pct'))}%")
+    targets = results.get("targets")
+    if targets:
+        out.append("")
+        out.append(format_table(("target", "goal", "measured", "met"),
+                                [[t["name"], t["goal"], t["measured"], t["met"]]
+                                 for t in targets]))
+    return "\n".join(out)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals against this run (goals, not assertions)."""
+    found: list[dict[str, Any]] = []
+    single = results.get("modes", {}).get("single", {})
+    ratio_ref = ratio((single.get("pipeline") or {}).get("events_per_s"),
+                      (single.get("reference") or {}).get("events_per_s"))
+    if ratio_ref is not None:
+        found.append({"name": "single: pipeline / reference", "goal": ">= 2.0",
+                      "measured": ratio_ref, "met": ratio_ref >= 2.0})
+    batch = results.get("modes", {}).get("batch50", {})
+    eps = (batch.get("pipeline") or {}).get("events_per_s")
+    if eps is not None:
+        found.append({"name": "batch50: pipeline events/s", "goal": ">= 40,000",
+                      "measured": eps, "met": eps >= 40_000})
+    lat = results.get("latency")
+    if lat and not math.isnan(lat["p99_s"]):
+        goal = 2 * lat["flush_interval_s"]
+        found.append({"name": "latency p99 at 50% load (s)", "goal": f"< {goal:g}",
+                      "measured": lat["p99_s"], "met": lat["p99_s"] < goal})
+    scaling = results.get("scaling")
+    if scaling and scaling.get("cpu_change_pct") is not None:
+        change = scaling["cpu_change_pct"]
+        found.append({"name": "scaling: CPU/event change 50k->500k (%)", "goal": "within 10",
+                      "measured": change, "met": abs(change) <= 10})
+    return found
+
+
+def write_json(results: dict[str, Any], directory: Path = RESULTS_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(results, indent=2, sort_keys=False, default=str)
+    path = directory / f"{stamp}.json"
+    path.write_text(text + "\n")
+    (directory / "latest.json").write_text(text + "\n")
+    return path
+
+
+def docs_section(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    params = results.get("params", {})
+    lines = [
+        BEGIN,
+        f"Last run: {results.get('finished_at', '?')} — N = {_fmt(params.get('n'))} events, "
+        f"{_fmt(params.get('users'))} users, 6 types, 1% malformed, "
+        f"{_fmt(params.get('partitions'))} partitions per raw topic.",
+        "",
+        f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, {m.get('ram_gb')} GB RAM, "
+        f"Python {m.get('python')}, Linux {m.get('kernel')}; {m.get('broker')}; {versions}.",
+        f"Load average (1/5/15 min) at start {m.get('load_at_start')}, "
+        f"at end {results.get('load_at_end')}. The machine is shared: treat the numbers "
+        "as indicative unless the load was near zero.",
+        "",
+        render(results),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def update_docs(results: dict[str, Any], path: Path = DOCS) -> bool:
+    """Replace the results section of docs/benchmarks.md; False if the markers are missing."""
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(head + docs_section(results) + tail)
+    return True

@@ -1,0 +1,204 @@
+"""``make bench``: throughput, latency and scaling of collector on the local stack.
+
+    python -m benchmarks.run [--n 300000] [--modes single,batch50] [--latency-seconds 60]
+                             [--scaling] [--skip-ceiling] [--skip-reference] ...
+
+Environment defaults (so ``BENCH_N=20000 make bench`` works): BENCH_N,
+BENCH_LATENCY_SECONDS, BENCH_MODES, BENCH_SCALING (1 to run it).  See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.ceiling import run_ceiling
+from benchmarks.common import (
+    ROOT,
+    isolated_env,
+    load_average,
+    machine,
+    new_tag,
+    produce,
+    run_cli,
+    settings_for,
+)
+from benchmarks.latency import run_latency
+from benchmarks.pipeline import (
+    PipelineWorker,
+    event_stats_count,
+    influx_create_db,
+    run_reference,
+    warm_cache,
+)
+
+MODES = {"single": 1, "batch50": 50}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {msg}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="benchmarks.run", description="collector benchmarks")
+    p.add_argument("--n", type=int, default=int(env.get("BENCH_N", "300000")),
+                   help="events pre-loaded per mode (default 300000)")
+    p.add_argument("--modes", default=env.get("BENCH_MODES", "single,batch50"),
+                   help="comma-separated: single (one event per message), batch50")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--latency-seconds", type=float,
+                   default=float(env.get("BENCH_LATENCY_SECONDS", "60")))
+    p.add_argument("--latency-mode", default="single", choices=sorted(MODES))
+    p.add_argument("--latency-load", type=float, default=0.5,
+                   help="share of the measured max offered in the latency test")
+    p.add_argument("--scaling", action="store_true", default=env.get("BENCH_SCALING") == "1",
+                   help="also measure the pipeline's per-event cost at --scaling-sizes")
+    p.add_argument("--scaling-sizes", default="50000,500000")
+    p.add_argument("--skip-ceiling", action="store_true")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-pipeline", action="store_true")
+    p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="state dirs and worker logs (default .local/bench/<timestamp>)")
+    return p.parse_args(argv)
+
+
+def prepare_stack(users: int) -> None:
+    log("stack up, migrate, seed users")
+    run_cli(["stack", "up"])
+    run_cli(["db", "migrate"])
+    run_cli(["db", "seed", "--users", str(users)])
+
+
+async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
+                   pipeline_only: bool = False, latency: bool = False) -> dict[str, Any]:
+    batch = MODES[mode]
+    tag = new_tag()
+    workdir = workdir / f"{mode}-{n}-{tag}"
+    env = isolated_env(tag, workdir)
+    settings = settings_for(env)
+    result: dict[str, Any] = {"tag": tag, "batch": batch, "n": n, "workdir": str(workdir)}
+    log(f"{mode}: producing {n:,} events (batch {batch}) into {tag}.raw.*")
+    summary = produce(env, n, batch, args.users)
+    expected = summary["produced"]
+    events, messages, valid = expected["events"], expected["messages"], expected["valid"]
+    dead = sum(expected["dead_lettered"].values())
+    result["produce"] = {"events": events, "messages": messages, "valid": valid,
+                         "dead_lettered": dead, "seconds": summary["seconds"],
+                         "events_per_second": summary["events_per_second"]}
+    log(f"{mode}: produced {events:,} events in {messages:,} messages, "
+        f"{summary['events_per_second']:,.0f} events/s")
+    if not pipeline_only and not args.skip_ceiling:
+        result["ceiling"] = await run_ceiling(settings, messages, events)
+        log(f"{mode}: ceiling {result['ceiling']['events_per_s']:,.0f} events/s")
+    if not pipeline_only and not args.skip_reference:
+        result["reference"] = await run_reference(settings, messages, events, workdir)
+        log(f"{mode}: reference {result['reference']['events_per_s']:,.0f} events/s")
+    if args.skip_pipeline:
+        return result
+    await influx_create_db(settings)
+    warmed = await warm_cache(settings, args.users)
+    worker = PipelineWorker(settings, env, workdir / "pipeline.log")
+    try:
+        ready_s = await worker.start()
+        log(f"{mode}: pipeline worker ready in {ready_s:.1f}s (cache warmed: {warmed} users)")
+        pipe = await worker.measure(events, valid, dead)
+        pipe["ready_s"] = round(ready_s, 2)
+        pipe["cache_warmed_users"] = warmed
+        result["pipeline"] = pipe
+        log(f"{mode}: pipeline {pipe['events_per_s']:,.0f} events/s incl. flush, "
+            f"{pipe['consume_only']['events_per_s']:,.0f} consumed/s, "
+            f"{pipe['cpu_us_per_event']} µs CPU/event")
+        if latency:
+            max_eps = pipe["consume_only"]["events_per_s"]
+            rate = max_eps * args.latency_load
+            log(f"{mode}: latency: offering {rate:,.0f} events/s for {args.latency_seconds}s")
+
+            async def visible() -> int:
+                return await event_stats_count(settings)
+
+            lat = await run_latency(settings, visible, rate, args.latency_seconds,
+                                    args.users, batch=batch)
+            lat["mode"] = mode
+            lat["max_events_per_s"] = max_eps
+            lat["load_share"] = args.latency_load
+            result["latency"] = lat
+            log(f"{mode}: latency p50 {lat['p50_s']}s p99 {lat['p99_s']}s")
+    finally:
+        await worker.stop()
+    shutil.rmtree(workdir / "faust", ignore_errors=True)
+    shutil.rmtree(workdir / "reference-data", ignore_errors=True)
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    workdir = args.workdir or ROOT / ".local" / "bench" / stamp
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "params": {"n": args.n, "users": args.users, "modes": args.modes,
+                   "latency_seconds": args.latency_seconds, "latency_load": args.latency_load,
+                   "scaling": args.scaling, "workdir": str(workdir)},
+        "modes": {},
+    }
+    prepare_stack(args.users)
+    results["params"]["partitions"] = settings_for({}).kafka.partitions
+    modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
+        want_latency = not args.skip_latency and mode == args.latency_mode
+        res = await run_mode(args, mode, args.n, workdir, latency=want_latency)
+        if "latency" in res:
+            results["latency"] = res.pop("latency")
+        results["modes"][mode] = res
+    if args.scaling and not args.skip_pipeline:
+        points = []
+        for size in (int(s) for s in args.scaling_sizes.split(",") if s):
+            res = await run_mode(args, "single", size, workdir, pipeline_only=True)
+            pipe = res["pipeline"]
+            points.append({"n": size, "events_per_s": pipe["events_per_s"],
+                           "cpu_us_per_event": pipe["cpu_us_per_event"],
+                           "consume_only_cpu_us_per_event":
+                               pipe["consume_only"]["cpu_us_per_event"],
+                           "peak_rss_mb": pipe["peak_rss_mb"], "tag": res["tag"]})
+            log(f"scaling N={size:,}: {pipe['cpu_us_per_event']} µs CPU/event")
+        first, last = points[0]["cpu_us_per_event"], points[-1]["cpu_us_per_event"]
+        results["scaling"] = {
+            "points": points,
+            "cpu_change_pct": round((last - first) / first * 100, 1) if first else None,
+        }
+    results["targets"] = report.targets(results)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["load_at_end"] = load_average()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    results = asyncio.run(main_async(args))
+    results["wall_seconds"] = round(time.monotonic() - t0, 1)
+    path = report.write_json(results)
+    print()
+    print(report.render(results))
+    print(f"\nresults: {path} (and {path.parent / 'latest.json'}); "
+          f"load at start {results['machine']['load_at_start']}, end {results['load_at_end']}")
+    if not args.no_docs and not report.update_docs(results):
+        print("docs/benchmarks.md has no results markers; not updated", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
