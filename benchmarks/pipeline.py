@@ -139,11 +139,13 @@ async def warm_cache(settings: Settings, users: int) -> int:
     await cache.start()
     try:
         ids = [f"u{i:05d}" for i in range(users)]
+        versions = await cache.versions(ids)  # read before MySQL, as the enricher does
         profiles = await repo.get_many(ids)
+        cached = 0
         for start in range(0, len(ids), 2000):
             chunk = {uid: profiles.get(uid) for uid in ids[start:start + 2000]}
-            await cache.put_many(chunk)
-        return len(profiles)
+            cached += await cache.put_many(chunk, versions)
+        return cached
     finally:
         await cache.close()
         await repo.close()
