@@ -121,6 +121,15 @@ def wait_for(prom: Prometheus, promql: str, expected: dict[tuple[tuple[str, str]
     return seen
 
 
+def wait_positive(prom: Prometheus, promql: str, limit_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if any(value > 0 for value in prom.query(promql).values()):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 async def test_prometheus_scrapes_collector_counters(
     worker_factory: Callable[..., Worker], prometheus_for: Callable[[int], Prometheus],
     tmp_path: Path,
@@ -164,6 +173,13 @@ async def test_prometheus_scrapes_collector_counters(
     # Faust's own sensor metrics land in the same registry
     received = prom.query("sum(faust_messages_received_total)")
     assert received and next(iter(received.values())) >= 22
+    # sinks, windows and end-to-end latency are exported once rows reach MySQL
+    for promql in ('collector_sink_rows_written_total{sink="mysql"}',
+                   'collector_sink_write_seconds_count{sink="mysql"}',
+                   "collector_end_to_end_latency_seconds_count",
+                   'collector_window_updates_total{table="event_stats"}',
+                   'collector_sink_healthy{sink="influxdb"}'):
+        assert wait_positive(prom, promql), promql
     # no label carries a user or event id
     series = json.loads(get(f"{prom.url}/api/v1/series?match[]="
                             + urllib.parse.quote('{job="collector"}')))["data"]

@@ -58,8 +58,11 @@ def chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(cmd, capture_output=True, timeout=120, check=True)
 
 
+TOKEN = "view-test-token"
+
+
 def summary(base: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(get(f"{base}/api/v1/summary"))
+    result: dict[str, Any] = json.loads(get(f"{base}/api/v1/summary", token=TOKEN))
     return result
 
 
@@ -80,7 +83,8 @@ def stats_events(base: str, now_ms: int) -> dict[str, Any] | None:
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms - 15 * 60_000) / 1000))
     to = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_ms + 60_000) / 1000))
     try:
-        result: dict[str, Any] = json.loads(get(f"{base}/api/v1/stats/events?from={iso}&to={to}"))
+        url = f"{base}/api/v1/stats/events?from={iso}&to={to}"
+        result: dict[str, Any] = json.loads(get(url, token=TOKEN))
     except urllib.error.HTTPError as exc:
         if exc.code in (400, 404, 405):
             return None
@@ -92,7 +96,7 @@ async def test_web_view_renders_the_api_numbers(
     worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
     browser = ensure_program("chromium", "chromium")
-    env = isolated_env(tmp_path)
+    env = isolated_env(tmp_path, COLLECTOR_WEB__API_TOKEN=TOKEN)
     settings = settings_for(env)
     await ensure_topics(settings)
     worker = worker_factory(env).start()
@@ -100,19 +104,24 @@ async def test_web_view_renders_the_api_numbers(
     base = f"http://127.0.0.1:{worker.port}"
 
     now = int(time.time() * 1000)
+    # oldest first, over several minutes: a chart with several windows, none of them late
     web = [(f"u{i % 5:05d}".encode(), orjson.dumps(
-        {"event_id": f"w{i}", "user_id": f"u{i % 5:05d}", "type": ("click", "view")[i % 2],
-         "ts": now - 1000 * i, "value": float(i)})) for i in range(30)]
+        {"event_id": f"w{i}", "user_id": f"u{i % 5:05d}", "type": "view" if i % 3 else "click",
+         "ts": now - 13_000 * (29 - i), "value": float(i)})) for i in range(30)]
     web += [(None, b"{broken")] * 4
     mobile = [(b"u00002", orjson.dumps({"event_id": f"m{i}", "user_id": "u00002",
-                                        "type": "open", "ts": now})) for i in range(6)]
+                                        "type": "open", "ts": now - 45_000 * (5 - i)}))
+              for i in range(6)]
     mobile += [(b"u00002", orjson.dumps({"event_id": "m-bad", "ts": "yesterday"}))]
     await produce(settings, settings.kafka.raw_topic("web"), web)
     await produce(settings, settings.kafka.raw_topic("mobile"), mobile)
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        get(f"{base}/api/v1/summary")
+    assert denied.value.code == 401  # the API needs the token; the page passes ?token=
     expected = wait_settled(base, consumed=41)
     assert expected["totals"] == {"consumed": 41, "valid": 36, "dead_lettered": 5}
 
-    dom = chromium(browser, tmp_path, "--dump-dom", f"{base}/").stdout.decode()
+    dom = chromium(browser, tmp_path, "--dump-dom", f"{base}/?token={TOKEN}").stdout.decode()
     (tmp_path / "web-view.html").write_text(dom)
     page = Elements()
     page.feed(dom)
@@ -160,7 +169,8 @@ async def test_web_view_renders_the_api_numbers(
             assert "windows-chart" in ids and "polyline" in page.tags
 
     shot = tmp_path / "web-view.png"
-    chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,900", f"{base}/")
+    chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,900",
+             f"{base}/?token={TOKEN}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     keep_artifact(shot)
     keep_artifact(tmp_path / "web-view.html")

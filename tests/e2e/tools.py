@@ -39,8 +39,10 @@ def ensure_program(binary: str, package: str) -> str:
     return found
 
 
-def get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get(url: str, timeout: float = 5.0, token: str | None = None) -> bytes:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
         return body
 
