@@ -1,0 +1,160 @@
+"""The OpenAPI 3 document of collector's HTTP endpoints, as a plain dict.
+
+Built by a function (the source list comes from settings), served at
+``GET /api/openapi.json``; a test checks every route the server has is described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_TIME_DOC = "RFC 3339 with an offset (2026-01-01T00:00:00Z) or epoch milliseconds."
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+_RANGE = [
+    _query_param("from", f"Earliest window start, inclusive. {_TIME_DOC} Default: to - 1 h."),
+    _query_param("to", f"Latest window start, exclusive. {_TIME_DOC} Default: now."),
+]
+
+_QUERY_ERRORS = {
+    "400": _json(_ERROR, "A bad parameter; `field` names it."),
+    "401": _json(_ERROR, "web.api_token is set and the bearer token is missing or wrong."),
+    "503": {
+        "description": "A needed partition has no owner, is recovering, or its worker did "
+        "not answer. Retry after the `Retry-After` seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": _ERROR}},
+    },
+}
+
+
+def _windows(key: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    window = {
+        "type": "object",
+        "required": ["window_start", "window_end", "window_start_ms", "key", "values", "final"],
+        "properties": {
+            "window_start": {"type": "string", "format": "date-time"},
+            "window_end": {"type": "string", "format": "date-time"},
+            "window_start_ms": {"type": "integer"},
+            "key": {"type": "object", "properties": key},
+            "values": {"type": "object", "properties": values},
+            "final": {"type": "boolean", "description": "The window is closed; values "
+                      "will not change."},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["table", "from", "to", "window_seconds", "windows", "complete"],
+        "properties": {
+            "table": {"type": "string"},
+            "from": {"type": "string", "format": "date-time"},
+            "to": {"type": "string", "format": "date-time"},
+            "window_seconds": {"type": "integer"},
+            "windows": {"type": "array", "items": window,
+                        "description": "Sorted by window_start, then key."},
+            "complete": {"type": "boolean", "description": "Always true: a partial answer "
+                         "is a 503 instead."},
+        },
+    }
+
+
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": "number", "nullable": True}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+
+
+def _query_op(summary: str, params: list[dict[str, Any]], schema: dict[str, Any],
+              tag: str = "query") -> dict[str, Any]:
+    return {"get": {"summary": summary, "tags": [tag], "parameters": params + _RANGE,
+                    "security": [{"bearer": []}, {}],
+                    "responses": {"200": _json(schema, "The windows in the range."),
+                                  **_QUERY_ERRORS}}}
+
+
+def openapi_document(sources: list[str]) -> dict[str, Any]:
+    """The document for a worker configured with ``sources``."""
+    stats_values = {"count": _INT, "value_count": _INT, "value_sum": _NUM,
+                    "value_min": _NUM_OR_NULL, "value_max": _NUM_OR_NULL}
+    paths: dict[str, Any] = {
+        "/api/v1/stats/events": _query_op(
+            "event_stats windows (tumbling) per source and type",
+            [_query_param("source", "Only this source.", enum=list(sources)),
+             _query_param("type", "Only this event type.", pattern="^[a-z][a-z0-9_.]{0,63}$")],
+            _windows({"source": _STR, "type": _STR}, stats_values)),
+        "/api/v1/segments": _query_op(
+            "segment_stats windows (hopping) per segment and country",
+            [_query_param("segment", "Only this segment."),
+             _query_param("country", "Only this country.")],
+            _windows({"segment": _STR, "country": _STR}, {"count": _INT, "value_sum": _NUM})),
+        "/api/v1/users/{user_id}/activity": _query_op(
+            "user_activity windows (tumbling) of one user",
+            [{"name": "user_id", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"}}],
+            _windows({"user_id": _STR},
+                     {"count": _INT, "types": {"type": "array", "items": _STR},
+                      "first_ts": _INT, "last_ts": _INT})),
+        "/api/v1/events/{source}": {"post": {
+            "summary": "Ingest events (one object, an array, or NDJSON) onto a raw topic",
+            "tags": ["ingest"],
+            "parameters": [{"name": "source", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": list(sources)}}],
+            "security": [{"bearer": []}, {}],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {}}, "application/x-ndjson": {"schema": {}}}},
+            "responses": {
+                "202": _json({"type": "object", "properties": {
+                    "accepted": _INT, "rejected": {"type": "array", "items": {}}}},
+                    "The broker acknowledged every accepted event."),
+                "400": _json(_ERROR, "The body is not JSON."),
+                "401": _json(_ERROR, "web.ingest_token is set and the token is wrong."),
+                "404": _json(_ERROR, "Unknown source."),
+                "413": _json(_ERROR, "Body larger than web.max_body_bytes."),
+                "503": _json(_ERROR, "Broker unavailable; nothing was accepted."),
+            }}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics", "tags": ["ops"], "security": [{"bearer": []}, {}],
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": _STR}}},
+                          "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
+        "/livez": {"get": {"summary": "Liveness: the process serves HTTP", "tags": ["ops"],
+                           "responses": {"200": _json({"type": "object"}, "Alive.")}}},
+        "/readyz": {"get": {
+            "summary": "Readiness: recovered, commits progressing, sinks healthy",
+            "tags": ["ops"],
+            "responses": {"200": _json({"type": "object"}, "Ready."),
+                          "503": _json({"type": "object"}, "Not ready; `reasons` says why.")}}},
+        "/api/v1/summary": {"get": {
+            "summary": "The JSON summary the web view shows", "tags": ["ops"],
+            "security": [{"bearer": []}, {}],
+            "responses": {"200": _json({"type": "object"}, "Totals, rates, lag, sinks."),
+                          "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
+        "/": {"get": {"summary": "The web view (HTML status page)", "tags": ["ops"],
+                      "responses": {"200": {"description": "HTML",
+                                            "content": {"text/html": {"schema": _STR}}}}}},
+        "/api/openapi.json": {"get": {
+            "summary": "This document", "tags": ["ops"],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document.")}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "collector", "version": "1",
+                 "description": "Event collection: HTTP ingest, window queries, operations."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": _STR, "field": _STR, "retry_after": _INT}}},
+        },
+    }

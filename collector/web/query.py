@@ -1,0 +1,259 @@
+"""Table query endpoints: windows of event_stats, segment_stats and user_activity.
+
+State lives in partitioned tables, so a worker can only answer for partitions it owns:
+
+- user activity is routed to the owner of the user's partition, computed like the
+  producers' default partitioner (murmur2 of the raw user_id bytes), not Faust's
+  ``table_route`` (which hashes the json-serialized key and lands elsewhere);
+- stats are scatter-gathered: every owner of the merged table's partitions answers
+  for its own (``scope=local&partitions=…``) and the results are concatenated.
+
+A partition with no owner, still recovering, or whose owner does not answer makes the
+request fail with 503 and ``Retry-After`` rather than return a silently partial result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from faust import web
+from yarl import URL
+
+from collector import app, settings
+from collector.streams.aggregator import user_key
+from collector.streams.merger import mark_key
+from collector.streams.runtime import runtime
+from collector.streams.tables import merged_table, state_table
+from collector.web import query_logic as ql
+from collector.web.ingest import bearer_ok
+from collector.web.openapi import openapi_document
+
+log = logging.getLogger(__name__)
+
+#: seconds a sub-request to another worker may take
+PEER_TIMEOUT = 5.0
+RETRY_AFTER_S = 1
+
+blueprint = web.Blueprint("query")
+
+
+class Unavailable(Exception):
+    """A needed partition is unowned, recovering, or its owner did not answer."""
+
+
+def _ident(url: str | URL) -> tuple[str, int]:
+    parsed = URL(str(url))
+    return parsed.host or "", parsed.port or 80
+
+
+def _is_me(url: str) -> bool:
+    return _ident(url) == _ident(app.conf.canonical_url)
+
+
+def owners(table: Any) -> dict[int, str]:
+    """partition -> URL of the worker actively owning it, from the assignor's metadata."""
+    topic = table.changelog_topic.get_topic_name()
+    out: dict[int, str] = {}
+    for url, topics in app.assignor.tables_metadata().items():
+        for partition in topics.get(topic, ()):
+            out[partition] = url
+    return out
+
+
+def _check_local(partitions: list[int], owned: set[int]) -> None:
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    if app.rebalancing:
+        raise Unavailable("rebalancing")
+    if app.in_recovery or not recovery.completed.is_set():
+        raise Unavailable("table recovery in progress")
+    missing = sorted(set(partitions) - owned)
+    if missing:
+        raise Unavailable(f"partitions {missing} are not owned by this worker (moving)")
+
+
+def _owned(topics: list[str]) -> set[int]:
+    return {p for _, p in runtime.owned(topics)}
+
+
+def _merged_close_mark(partition: int) -> int:
+    merger = runtime.merger
+    closed = []
+    for slot in merger.expected_slots:
+        mark = merger.state.get(partition, mark_key(partition, slot))
+        closed.append(int(mark["closed"]) if mark else 0)
+    return min(closed, default=0)
+
+
+def local_stats(query: ql.Query, partitions: list[int]) -> list[dict[str, Any]]:
+    _check_local(partitions, _owned([settings.kafka.partials_topic]))
+    spec = runtime.specs.for_table(query.table)
+    return ql.merged_windows(runtime.merger.state.items(), query, spec, partitions,
+                             _merged_close_mark)
+
+
+def local_user(query: ql.Query, partition: int) -> list[dict[str, Any]]:
+    raw_topics = settings.kafka.raw_topics
+    _check_local([partition], _owned(raw_topics))
+    spec = runtime.specs.user
+    state = runtime.window_state
+    user_id = query.key["user_id"]
+    assert user_id is not None
+    closed: int | None = None
+    out = []
+    for ws in ql.user_window_starts(query, spec):
+        entry = state.get(partition, user_key(user_id, ws))
+        if entry is None:
+            continue
+        if closed is None:  # the same computation as the flusher's
+            slots = [runtime.aggregator.slot(t, partition) for t in raw_topics]
+            closed = min(max(s["wm"], s["idle"]) for s in slots)
+        final = spec.is_closed(ws, closed)
+        out.append(ql.window(query.table, spec, [user_id], ws, entry["agg"], final))
+    return out
+
+
+async def _peer(url: str, request: web.Request, params: Mapping[str, str]) -> dict[str, Any]:
+    """GET the same path from another worker; its JSON, or Unavailable."""
+    target = URL(url).with_path(request.url.path).with_query(dict(params))
+    headers = {}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
+    try:
+        async with app.http_client.get(
+            target, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
+        ) as resp:
+            body: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status == 503:
+                raise Unavailable(f"{url}: {body.get('error', 'unavailable')}")
+            if resp.status != 200:
+                raise Unavailable(f"{url} answered {resp.status}: {body.get('error')}")
+            return body
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise Unavailable(f"worker {url} did not answer ({exc!r})") from exc
+
+
+def _unavailable(view: web.View, exc: Unavailable) -> web.Response:
+    return view.json({"error": f"state not available: {exc}", "retry_after": RETRY_AFTER_S},
+                     status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _denied(view: web.View, request: web.Request) -> web.Response | None:
+    if bearer_ok(request, settings.web.api_token.get_secret_value()):
+        return None
+    return view.json({"error": "missing or wrong bearer token", "field": "Authorization"},
+                     status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def answer_stats(view: web.View, request: web.Request, query: ql.Query) -> web.Response:
+    params = dict(request.query)
+    count = settings.kafka.partitions
+    spec = runtime.specs.for_table(query.table)
+    if params.get("scope") == "local":
+        parts = ql.parse_partitions(params.get("partitions"), count)
+        parts = sorted(_owned([settings.kafka.partials_topic])) if parts is None else parts
+        windows = local_stats(query, parts)
+        return view.json(ql.response(query, spec, windows, partitions=parts))
+    by_partition = owners(merged_table)
+    missing = [p for p in range(count) if p not in by_partition]
+    if missing:
+        raise Unavailable(f"partitions {missing} have no owner yet (rebalancing)")
+    by_url: dict[str, list[int]] = {}
+    for partition, url in sorted(by_partition.items()):
+        by_url.setdefault(url, []).append(partition)
+
+    async def one(url: str, parts: list[int]) -> list[dict[str, Any]]:
+        if _is_me(url):
+            return local_stats(query, parts)
+        sub = {**params, "scope": "local", "partitions": ",".join(map(str, parts)),
+               "from": str(query.from_ms), "to": str(query.to_ms)}
+        body = await _peer(url, request, sub)
+        if sorted(body.get("partitions", [])) != parts:
+            raise Unavailable(f"{url} answered for other partitions than {parts}")
+        windows: list[dict[str, Any]] = body["windows"]
+        return windows
+
+    answers = await asyncio.gather(*(one(url, p) for url, p in by_url.items()))
+    return view.json(ql.response(query, spec, ql.gather(answers)))
+
+
+def _params(request: web.Request) -> dict[str, str]:
+    return dict(request.query)
+
+
+@blueprint.route("/api/v1/stats/events", name="stats_events")
+class EventStatsView(web.View):
+    """event_stats windows (per source and type) over a time range."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        denied = _denied(self, request)
+        if denied is not None:
+            return denied
+        try:
+            query = ql.parse_events(_params(request), settings.kafka.sources,
+                                    int(time.time() * 1000))
+            return await answer_stats(self, request, query)
+        except ql.ParamError as exc:
+            return self.json(exc.body(), status=400)
+        except Unavailable as exc:
+            return _unavailable(self, exc)
+
+
+@blueprint.route("/api/v1/segments", name="segments")
+class SegmentsView(web.View):
+    """segment_stats windows (per segment and country) over a time range."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        denied = _denied(self, request)
+        if denied is not None:
+            return denied
+        try:
+            query = ql.parse_segments(_params(request), int(time.time() * 1000))
+            return await answer_stats(self, request, query)
+        except ql.ParamError as exc:
+            return self.json(exc.body(), status=400)
+        except Unavailable as exc:
+            return _unavailable(self, exc)
+
+
+@blueprint.route("/api/v1/users/{user_id}/activity", name="user_activity")
+class UserActivityView(web.View):
+    """One user's activity windows, answered by the worker owning the user's partition."""
+
+    async def get(self, request: web.Request, user_id: str) -> web.Response:
+        denied = _denied(self, request)
+        if denied is not None:
+            return denied
+        params = _params(request)
+        try:
+            query = ql.parse_user(user_id, params, int(time.time() * 1000))
+            partition = ql.user_partition(user_id, settings.kafka.partitions)
+            if params.get("scope") != "local":
+                owner = owners(state_table).get(partition)
+                if owner is None:
+                    raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
+                if not _is_me(owner):
+                    sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
+                    body = await _peer(owner, request, sub)
+                    return self.json(body)
+            windows = local_user(query, partition)
+            return self.json(ql.response(query, runtime.specs.user, windows))
+        except ql.ParamError as exc:
+            return self.json(exc.body(), status=400)
+        except Unavailable as exc:
+            return _unavailable(self, exc)
+
+
+@blueprint.route("/api/openapi.json", name="openapi")
+class OpenAPIView(web.View):
+    """The OpenAPI 3 description of every HTTP endpoint (public: no token needed)."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return self.json(openapi_document(settings.kafka.sources))
+
+
+blueprint.register(app, url_prefix="")

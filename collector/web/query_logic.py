@@ -1,0 +1,241 @@
+"""The table query API without Faust: parameters, windows out of state, response shape.
+
+Kept apart from the views so every rule (ranges, 400s, finality, the scatter-gather
+merge) is unit-tested on plain dicts; ``collector.web.query`` only adds ownership,
+routing and HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from collector.models.contract import TYPE_RE, USER_ID_RE
+from collector.models.validate import parse_rfc3339_ms
+from collector.streams.windows import (
+    EVENT_STATS,
+    SEGMENT_STATS,
+    USER_ACTIVITY,
+    WindowSpec,
+    combine,
+    row_values,
+)
+
+DEFAULT_RANGE_MS = 3_600_000
+#: Longest ``to - from``: a user query reads one key per window in the range.
+MAX_RANGE_MS = 31 * 24 * 3_600_000
+#: Segment and country are free text from the users table; keep them bounded.
+_LABEL_RE = re.compile(r"[^\x00-\x1f|]{1,64}")
+_EPOCH_MS_RE = re.compile(r"[0-9]{1,16}")
+
+KEY_NAMES: dict[str, tuple[str, ...]] = {
+    EVENT_STATS: ("source", "type"),
+    SEGMENT_STATS: ("segment", "country"),
+    USER_ACTIVITY: ("user_id",),
+}
+
+
+class ParamError(ValueError):
+    """A bad query parameter: answered 400 ``{"error": message, "field": field}``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "field": self.field}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One parsed request: which table, which keys (None = any), which window starts."""
+
+    table: str
+    from_ms: int
+    to_ms: int
+    key: dict[str, str | None] = field(default_factory=dict)
+
+    def wants(self, key: Sequence[str], ws: int) -> bool:
+        if not self.from_ms <= ws < self.to_ms:
+            return False
+        return all(want is None or want == got
+                   for want, got in zip(self.key.values(), key, strict=True))
+
+
+def rfc3339(ms: int) -> str:
+    """UTC RFC 3339 with milliseconds and a ``Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_time(text: str, name: str) -> int:
+    """Epoch ms from RFC 3339 (with an offset) or from a plain epoch-millisecond integer."""
+    text = text.strip()
+    if _EPOCH_MS_RE.fullmatch(text):
+        return int(text)
+    ms = parse_rfc3339_ms(text)
+    if ms is None:
+        raise ParamError(name, f"{name} must be RFC 3339 with an offset "
+                               "(2026-01-01T00:00:00Z) or epoch milliseconds")
+    return ms
+
+
+def parse_range(params: Mapping[str, str], now_ms: int) -> tuple[int, int]:
+    """``[from, to)`` in ms: to defaults to now, from to one hour before ``to``."""
+    to_ms = parse_time(params["to"], "to") if params.get("to") else now_ms
+    from_ms = (parse_time(params["from"], "from") if params.get("from")
+               else to_ms - DEFAULT_RANGE_MS)
+    if from_ms >= to_ms:
+        raise ParamError("from", "from must be before to")
+    if to_ms - from_ms > MAX_RANGE_MS:
+        raise ParamError("from", f"range longer than {MAX_RANGE_MS // 86_400_000} days")
+    return from_ms, to_ms
+
+
+def _optional(params: Mapping[str, str], name: str, ok: Callable[[str], bool],
+              rule: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not ok(value):
+        raise ParamError(name, f"{name} {rule}")
+    return value
+
+
+def parse_events(params: Mapping[str, str], sources: Sequence[str], now_ms: int) -> Query:
+    source = _optional(params, "source", lambda v: v in sources,
+                       f"must be one of {', '.join(sources)}")
+    etype = _optional(params, "type", lambda v: TYPE_RE.fullmatch(v) is not None,
+                      f"must match {TYPE_RE.pattern}")
+    from_ms, to_ms = parse_range(params, now_ms)
+    return Query(EVENT_STATS, from_ms, to_ms, {"source": source, "type": etype})
+
+
+def parse_segments(params: Mapping[str, str], now_ms: int) -> Query:
+    def label(value: str) -> bool:
+        return _LABEL_RE.fullmatch(value) is not None
+
+    rule = "must be 1-64 characters without control characters or '|'"
+    segment = _optional(params, "segment", label, rule)
+    country = _optional(params, "country", label, rule)
+    from_ms, to_ms = parse_range(params, now_ms)
+    return Query(SEGMENT_STATS, from_ms, to_ms, {"segment": segment, "country": country})
+
+
+def parse_user(user_id: str, params: Mapping[str, str], now_ms: int) -> Query:
+    if USER_ID_RE.fullmatch(user_id) is None:
+        raise ParamError("user_id", f"user_id must match {USER_ID_RE.pattern}")
+    from_ms, to_ms = parse_range(params, now_ms)
+    return Query(USER_ACTIVITY, from_ms, to_ms, {"user_id": user_id})
+
+
+def parse_partitions(text: str | None, count: int) -> list[int] | None:
+    """The internal ``partitions=0,2`` list of a scatter-gather sub-request."""
+    if text is None:
+        return None
+    try:
+        parts = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ParamError("partitions", "partitions must be comma-separated integers") from None
+    if any(not 0 <= p < count for p in parts):
+        raise ParamError("partitions", f"partitions must lie in [0, {count})")
+    return parts
+
+
+def user_partition(user_id: str, partitions: int) -> int:
+    """The raw topics' partition of a user: Kafka's default murmur2 on the raw id bytes.
+
+    Faust's ``table_route`` hashes the *json-serialized* key (``"u1"`` with quotes), which
+    lands elsewhere than the producers' raw keys, so routing computes it like producers do.
+    """
+    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def user_window_starts(query: Query, spec: WindowSpec) -> range:
+    """Starts of the tumbling windows that begin in ``[from, to)``."""
+    first = -(-query.from_ms // spec.step_ms) * spec.step_ms
+    return range(first, query.to_ms, spec.step_ms)
+
+
+def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
+           agg: dict[str, Any], final: bool) -> dict[str, Any]:
+    """One window of the response."""
+    return {
+        "window_start": rfc3339(ws),
+        "window_end": rfc3339(spec.end(ws)),
+        "window_start_ms": ws,
+        "key": dict(zip(KEY_NAMES[table], key, strict=True)),
+        "values": row_values(table, agg),
+        "final": final,
+    }
+
+
+def merged_windows(
+    items: Iterable[tuple[str, dict[str, Any]]], query: Query, spec: WindowSpec,
+    partitions: Iterable[int], close_mark: Callable[[int], int],
+) -> list[dict[str, Any]]:
+    """The merged-table windows matching ``query`` in ``partitions``.
+
+    ``close_mark(partition)`` is the lowest close mark of every input slot there: the
+    merged window is final once it has passed the window's end + grace.
+    """
+    wanted = set(partitions)
+    marks: dict[int, int] = {}
+    out = []
+    for _, value in items:
+        partition = value.get("partition")
+        if (value.get("kind") != "m" or value.get("table") != query.table
+                or partition not in wanted or not query.wants(value["key"], value["ws"])):
+            continue
+        assert isinstance(partition, int)
+        if partition not in marks:
+            marks[partition] = close_mark(partition)
+        agg = combine(query.table, list(value["slots"].values()))
+        final = spec.is_closed(value["ws"], marks[partition])
+        out.append(window(query.table, spec, value["key"], value["ws"], agg, final))
+    return sort_windows(out)
+
+
+def sort_key(item: dict[str, Any]) -> tuple[int, tuple[str, ...]]:
+    return item["window_start_ms"], tuple(item["key"].values())
+
+
+def sort_windows(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(windows, key=sort_key)
+
+
+def gather(parts: Iterable[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Scatter-gather merge: partitions are disjoint, so concatenate and sort.
+
+    Should two workers both report a window (a rebalance between the sub-requests),
+    keep the further-along copy (final first, then the higher count) rather than add.
+    """
+    best: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+    for part in parts:
+        for item in part:
+            ident = sort_key(item)
+            seen = best.get(ident)
+            rank = (item["final"], item["values"].get("count", 0))
+            if seen is None or rank > (seen["final"], seen["values"].get("count", 0)):
+                best[ident] = item
+    return sort_windows(list(best.values()))
+
+
+def response(query: Query, spec: WindowSpec, windows: list[dict[str, Any]],
+             **extra: Any) -> dict[str, Any]:
+    """The JSON body every query endpoint answers."""
+    return {
+        "table": query.table,
+        "from": rfc3339(query.from_ms),
+        "to": rfc3339(query.to_ms),
+        "window_seconds": spec.seconds,
+        "windows": windows,
+        "complete": True,
+        **extra,
+    }

@@ -1,0 +1,155 @@
+"""Two workers in one group: queries routed to the owner, then failover on SIGTERM and kill -9.
+
+Each worker owns part of the partitions.  Every user's activity, asked from either worker,
+must equal the oracle (so a worker that does not own the user routes to the one that
+does), and stats must be equal from both.  Then one worker stops and we measure how long
+until the other answers every query correctly, polling every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import Settings
+from collector.sources.topics import ensure_topics
+from tests.e2e.kafka_io import settings_for
+from tests.e2e.query_io import expected, get, make_events, produce_events, strip
+from tests.e2e.workers import Worker, free_port, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+MIN = 60_000
+
+
+class Expectation:
+    """What every worker must answer, and checks against it."""
+
+    def __init__(self, events: list[dict[str, Any]], users: list[str], lo: int, hi: int):
+        self.users, self.lo, self.hi = users, lo, hi
+        self.range = {"from": lo, "to": hi}
+        self.stats = expected(events, "event_stats", lo, hi)
+        self.segments = expected(events, "segment_stats", lo, hi)
+        self.activity = {u: expected(events, "user_activity", lo, hi, user_id=u) for u in users}
+
+    async def correct(self, port: int) -> bool:
+        """Every query answered 200 and equal to the oracle by the worker on ``port``."""
+        calls = [get(port, "/api/v1/stats/events", self.range, limit_s=8),
+                 get(port, "/api/v1/segments", self.range, limit_s=8)]
+        calls += [get(port, f"/api/v1/users/{u}/activity", self.range, limit_s=8)
+                  for u in self.users]
+        try:
+            answers = await asyncio.gather(*calls)
+        except (OSError, TimeoutError):
+            return False
+        wants = [self.stats, self.segments, *self.activity.values()]
+        return all(status == 200 and strip(body["windows"]) == want
+                   for (status, _, body), want in zip(answers, wants, strict=True))
+
+    async def owned_by(self, port: int) -> set[str]:
+        """Users whose partition the worker on ``port`` answers locally (it owns them)."""
+        out = set()
+        for user in self.users:
+            try:
+                status, _, _ = await get(port, f"/api/v1/users/{user}/activity",
+                                         {**self.range, "scope": "local"}, limit_s=8)
+            except (OSError, TimeoutError):
+                continue
+            if status == 200:
+                out.add(user)
+        return out
+
+
+async def until(check: Callable[[], Any], limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
+
+
+async def split_and_correct(exp: Expectation, a: Worker, b: Worker) -> None:
+    """Both workers own some users, together all of them, and both answer correctly."""
+    async def check() -> bool:
+        owned_a, owned_b = await exp.owned_by(a.port), await exp.owned_by(b.port)
+        if not owned_a or not owned_b or owned_a | owned_b != set(exp.users):
+            return False
+        if owned_a & owned_b:
+            return False
+        return await exp.correct(a.port) and await exp.correct(b.port)
+
+    await until(check, 150, "two workers splitting the partitions and answering correctly")
+    _, _, stats_a = await get(a.port, "/api/v1/stats/events", exp.range)
+    _, _, stats_b = await get(b.port, "/api/v1/stats/events", exp.range)
+    assert stats_a["windows"] == stats_b["windows"]
+
+
+async def failover(exp: Expectation, stopped: Worker, survivor: Worker, sig: int,
+                   label: str) -> float:
+    """Stop ``stopped`` with ``sig``; seconds until ``survivor`` answers all correctly.
+
+    Only answers to polls that began after the stopped process exited count: a worker
+    shutting down may still serve for a moment.
+    """
+    assert stopped.proc is not None
+    t0 = time.monotonic()
+    stopped.proc.send_signal(sig)
+    failed = 0
+    while time.monotonic() - t0 < 120:
+        started = time.monotonic()
+        exited = stopped.proc.poll() is not None
+        if await exp.correct(survivor.port) and exited:
+            elapsed = started - t0
+            print(f"[failover] {label}: survivor answered every query correctly "
+                  f"{elapsed:.1f} s after the signal ({failed} polls failed before)")
+            return elapsed
+        failed += 0 if not exited else 1
+        await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+    raise AssertionError(f"{label}: survivor not correct 120 s after the stop")
+
+
+async def test_two_workers_route_and_fail_over(migrated: Settings, tmp_path: Path) -> None:
+    tag = "f" + uuid.uuid4().hex[:6]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    env_a = isolated_env(
+        tmp_path / "a", COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
+        COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS="0.5",
+        COLLECTOR_WINDOWS__GRACE_SECONDS="600", COLLECTOR_INFLUX__DATABASE=f"{tag}db",
+    )
+    env_b = {**env_a, "COLLECTOR_WEB__PORT": str(free_port()),
+             "COLLECTOR_APP__DATADIR": str(tmp_path / "b" / "faust")}
+    settings = settings_for(env_a)
+    now_ms = int(time.time() * 1000)
+    users = [f"{tag}u{i}" for i in range(12)]
+    events = make_events(tag, users, settings.kafka.sources, now_ms - 120_000, 200, 110_000)
+    await ensure_topics(settings)
+    await produce_events(settings, events)
+    exp = Expectation(events, users, now_ms - 10 * MIN, now_ms + MIN)
+
+    a = Worker(env_a, tmp_path / "a.log").start()
+    b = Worker(env_b, tmp_path / "b.log").start()
+    try:
+        await asyncio.to_thread(a.wait_ready, 90)
+        await asyncio.to_thread(b.wait_ready, 90)
+        await split_and_correct(exp, a, b)
+        term_s = await failover(exp, b, a, signal.SIGTERM, "SIGTERM")
+
+        b.start()  # same group again: partitions split once more
+        await asyncio.to_thread(b.wait_ready, 90)
+        await split_and_correct(exp, a, b)
+        kill_s = await failover(exp, a, b, signal.SIGKILL, "kill -9")
+        print(f"[failover] summary: SIGTERM {term_s:.1f} s, kill -9 {kill_s:.1f} s "
+              f"(session timeout {settings.kafka.session_timeout:.0f} s)")
+        assert term_s < 60 and kill_s < 90
+    finally:
+        a.stop()
+        b.stop()

@@ -1,0 +1,164 @@
+"""The query API's pure logic: parameters, ranges, windows out of state, the merge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from collector.streams.windows import WindowSpec, new_segment, new_stats
+from collector.web import query_logic as ql
+from collector.web.openapi import openapi_document
+
+NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+SOURCES = ["mobile", "web"]
+MIN = 60_000
+
+
+def test_times_rfc3339_and_epoch_ms() -> None:
+    assert ql.parse_time("2026-01-01T00:00:00Z", "from") == NOW
+    assert ql.parse_time("2026-01-01T01:00:00+01:00", "from") == NOW
+    assert ql.parse_time(str(NOW), "to") == NOW
+    assert ql.rfc3339(NOW + 5) == "2026-01-01T00:00:00.005Z"
+    for bad in ("2026-01-01T00:00:00", "2026-01-01", "yesterday", "1e9", "-5", "", "2026-02-30T"
+                "00:00:00Z"):
+        with pytest.raises(ql.ParamError) as err:
+            ql.parse_time(bad, "from")
+        assert err.value.body()["field"] == "from"
+
+
+def test_range_defaults_and_limits() -> None:
+    assert ql.parse_range({}, NOW) == (NOW - 3_600_000, NOW)
+    assert ql.parse_range({"to": str(NOW - MIN)}, NOW) == (NOW - MIN - 3_600_000, NOW - MIN)
+    assert ql.parse_range({"from": "0", "to": str(MIN)}, NOW) == (0, MIN)
+    with pytest.raises(ql.ParamError, match="before"):
+        ql.parse_range({"from": str(NOW), "to": str(NOW)}, NOW)
+    with pytest.raises(ql.ParamError, match="days"):
+        ql.parse_range({"from": "0", "to": str(ql.MAX_RANGE_MS + 1)}, NOW)
+    assert ql.parse_range({"from": "0", "to": str(ql.MAX_RANGE_MS)}, NOW)
+
+
+def test_event_params() -> None:
+    q = ql.parse_events({"source": "web", "type": "click"}, SOURCES, NOW)
+    assert q.table == "event_stats" and q.key == {"source": "web", "type": "click"}
+    assert ql.parse_events({}, SOURCES, NOW).key == {"source": None, "type": None}
+    for params, field in (({"source": "tv"}, "source"), ({"type": "Click"}, "type"),
+                          ({"type": "a b"}, "type"), ({"from": "x"}, "from")):
+        with pytest.raises(ql.ParamError) as err:
+            ql.parse_events(params, SOURCES, NOW)
+        assert err.value.field == field
+
+
+def test_segment_and_user_params() -> None:
+    assert ql.parse_segments({"segment": "pro users", "country": "DE"}, NOW).key == {
+        "segment": "pro users", "country": "DE"}
+    for bad in ("a|b", "x" * 65, "tab\there"):
+        with pytest.raises(ql.ParamError):
+            ql.parse_segments({"segment": bad}, NOW)
+    assert ql.parse_user("u-1@x", {}, NOW).key == {"user_id": "u-1@x"}
+    for bad in ("", "a b", "x" * 65, "ü"):
+        with pytest.raises(ql.ParamError) as err:
+            ql.parse_user(bad, {}, NOW)
+        assert err.value.field == "user_id"
+
+
+def test_partitions_param() -> None:
+    assert ql.parse_partitions(None, 4) is None
+    assert ql.parse_partitions("3,1,1", 4) == [1, 3]
+    for bad in ("x", "4", "-1"):
+        with pytest.raises(ql.ParamError):
+            ql.parse_partitions(bad, 4)
+
+
+def test_user_partition_is_the_producers_partitioner() -> None:
+    partitioner = DefaultPartitioner()
+    for uid in ("u1", "alice", "user:42", "x" * 64):
+        assert ql.user_partition(uid, 4) == partitioner(uid.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+def test_user_window_starts_cover_the_range() -> None:
+    spec = WindowSpec.tumbling(60, 60)
+    q = ql.parse_user("u1", {"from": str(NOW - 90_000), "to": str(NOW + 1)}, NOW)
+    assert list(ql.user_window_starts(q, spec)) == [NOW - MIN, NOW]
+    q = ql.parse_user("u1", {"from": str(NOW - MIN), "to": str(NOW)}, NOW)
+    assert list(ql.user_window_starts(q, spec)) == [NOW - MIN]
+
+
+def stats(count: int, value: float | None = None) -> dict[str, Any]:
+    agg = new_stats()
+    agg.update(count=count, value_count=1 if value is not None else 0,
+               value_sum=value or 0.0, value_min=value, value_max=value, latest=1)
+    return agg
+
+
+def merged(partition: int, table: str, key: list[str], ws: int,
+           *slots: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return (f"m|{table}|{'|'.join(key)}|{ws}", {
+        "kind": "m", "partition": partition, "table": table, "key": key, "ws": ws,
+        "slots": {f"t|{i}": s for i, s in enumerate(slots)}})
+
+
+def test_merged_windows_filter_combine_and_finality() -> None:
+    spec = WindowSpec.tumbling(60, 60)
+    items = [
+        merged(0, "event_stats", ["web", "click"], NOW, stats(2, 1.5), stats(3, 4.0)),
+        merged(1, "event_stats", ["web", "view"], NOW - MIN, stats(1)),
+        merged(1, "event_stats", ["mobile", "click"], NOW - MIN, stats(1)),
+        merged(2, "event_stats", ["web", "click"], NOW - 2 * 3_600_000, stats(1)),  # range
+        merged(3, "event_stats", ["web", "click"], NOW - MIN, stats(9)),  # not asked
+        merged(0, "segment_stats", ["pro", "DE"], NOW, new_segment()),  # other table
+        ("k|0|t|0", {"kind": "k", "partition": 0, "slot": "t|0", "closed": 5}),
+    ]
+    q = ql.parse_events({"source": "web"}, SOURCES, NOW + MIN)
+    marks = {0: 0, 1: NOW + 2 * MIN}  # partition 1 closed past end + grace
+    out = ql.merged_windows(items, q, spec, [0, 1, 2], marks.__getitem__)
+    assert [(w["window_start_ms"], w["key"], w["final"]) for w in out] == [
+        (NOW - MIN, {"source": "web", "type": "view"}, True),
+        (NOW, {"source": "web", "type": "click"}, False),
+    ]
+    assert out[1]["values"] == {"count": 5, "value_count": 2, "value_sum": 5.5,
+                                "value_min": 1.5, "value_max": 4.0}
+    assert out[1]["window_end"] == ql.rfc3339(NOW + MIN)
+    body = ql.response(q, spec, out)
+    assert body["table"] == "event_stats" and body["complete"] is True
+    assert (body["from"], body["to"], body["window_seconds"]) == (
+        ql.rfc3339(NOW - 3_600_000 + MIN), ql.rfc3339(NOW + MIN), 60)
+
+
+def window(ws: int, key: dict[str, str], count: int, final: bool) -> dict[str, Any]:
+    return {"window_start_ms": ws, "key": key, "values": {"count": count}, "final": final}
+
+
+def test_gather_sorts_and_dedupes() -> None:
+    a, b = {"source": "a", "type": "x"}, {"source": "b", "type": "x"}
+    one = [window(NOW, b, 1, False), window(NOW + MIN, a, 2, False)]
+    two = [window(NOW, a, 3, False), window(NOW, b, 1, True)]
+    out = ql.gather([one, two, []])
+    assert [(w["window_start_ms"], w["key"]["source"], w["final"]) for w in out] == [
+        (NOW, "a", False), (NOW, "b", True), (NOW + MIN, "a", False)]
+    assert ql.gather([]) == []
+
+
+def test_user_window_shape() -> None:
+    spec = WindowSpec.tumbling(60, 60)
+    agg = {"count": 2, "types": ["buy", "click"], "first_ts": NOW, "last_ts": NOW + 5,
+           "latest": NOW + 5}
+    assert ql.window("user_activity", spec, ["u1"], NOW, agg, False) == {
+        "window_start": "2026-01-01T00:00:00.000Z", "window_end": "2026-01-01T00:01:00.000Z",
+        "window_start_ms": NOW, "key": {"user_id": "u1"},
+        "values": {"count": 2, "types": ["buy", "click"], "first_ts": NOW, "last_ts": NOW + 5},
+        "final": False}
+
+
+def test_openapi_document_is_json_and_complete() -> None:
+    import json
+
+    doc = json.loads(json.dumps(openapi_document(SOURCES)))
+    assert doc["openapi"] == "3.0.3"
+    assert {"/api/v1/stats/events", "/api/v1/segments", "/api/v1/users/{user_id}/activity",
+            "/api/v1/events/{source}", "/metrics", "/livez", "/readyz", "/",
+            "/api/openapi.json"} <= set(doc["paths"])
+    for path in doc["paths"].values():
+        for op in path.values():
+            assert "200" in op["responses"] or "202" in op["responses"]
