@@ -39,7 +39,7 @@ def readiness(
         reasons.append("rebalancing")
     for p in stalled:
         reasons.append(
-            f"commits stalled on {p.topic}[{p.partition}] for {p.stalled_for:.0f}s "
+            f"commits stalled on {p.topic}[{p.partition}] for {p.stalled_for:.1f}s "
             f"with lag {p.lag} (threshold {thresholds.stall_s:g}s)"
         )
     sinks: dict[str, Any] = {}
