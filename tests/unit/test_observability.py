@@ -189,3 +189,52 @@ def test_faust_sensors_use_our_registry() -> None:
     assert isinstance(collector.app.monitor, PrometheusMonitor)
     names = {m.name for m in runtime.registry.collect()}
     assert "faust_messages_received" in names and "collector_events_consumed" in names
+
+
+def test_cached_faust_monitor_exports_what_fausts_does() -> None:
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+    from faust.types import TP
+
+    from collector.observability.faust_sensors import CachedPrometheusMonitor
+
+    class Owner:
+        pass
+
+    class Stream:
+        shortlabel = "Stream: Topic: collect.raw.web"
+        task_owner = Owner()
+
+    class Table:
+        name = "collector-state"
+
+    class Message:
+        time_in = time_out = time_total = 0.0
+
+    def drive(
+        monitor: PrometheusMonitor, registry: CollectorRegistry
+    ) -> dict[tuple[str, tuple[str, ...]], float]:
+        stream, table, tp = Stream(), Table(), TP("collect.raw.web", 1)
+        for offset in range(3):
+            monitor.on_message_in(tp, offset, Message())  # type: ignore[arg-type]
+            state = monitor.on_stream_event_in(tp, offset, stream, object())  # type: ignore[arg-type]
+            monitor.on_table_get(table, "k")  # type: ignore[arg-type]
+            monitor.on_table_set(table, "k", 1)  # type: ignore[arg-type]
+            monitor.on_stream_event_out(tp, offset, stream, object(), state)  # type: ignore[arg-type]
+            monitor.on_message_out(tp, offset, Message())  # type: ignore[arg-type]
+        monitor.on_send_initiated(object(), "collect.enriched", object(), 1, 1)  # type: ignore[arg-type]
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in registry.collect() for s in family.samples
+                if not s.name.endswith(("_created", "_sum", "_bucket", "_count"))}
+
+    plain_registry, registry = CollectorRegistry(), CollectorRegistry()
+    plain = drive(PrometheusMonitor(metrics=FaustMetrics.create(plain_registry, "faust")),
+                  plain_registry)
+    cached_monitor = CachedPrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    assert drive(cached_monitor, registry) == plain
+    assert plain[("faust_messages_received_total", ())] == 3
+    # a rebalance removes the per-partition series: cached children must not outlive them
+    cached_monitor._clear_partition_related_metrics()
+    cached_monitor.on_message_in(TP("collect.raw.web", 1), 7, Message())  # type: ignore[arg-type]
+    value = registry.get_sample_value("faust_messages_received_per_topics_partition",
+                                      {"topic": "collect.raw.web", "partition": "1"})
+    assert value == 7
