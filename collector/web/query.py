@@ -30,6 +30,7 @@ from collector.streams.merger import mark_key
 from collector.streams.runtime import runtime
 from collector.streams.tables import merged_table, state_table
 from collector.web import query_logic as ql
+from collector.web.history import History, HistoryUnavailable
 from collector.web.ingest import bearer_ok
 from collector.web.openapi import openapi_document
 
@@ -40,6 +41,8 @@ PEER_TIMEOUT = 5.0
 RETRY_AFTER_S = 1
 
 blueprint = web.Blueprint("query")
+history = History(settings.mysql)
+app.add_dependency(history)
 
 
 class Unavailable(Exception):
@@ -137,6 +140,16 @@ async def _peer(url: str, request: web.Request, params: Mapping[str, str]) -> di
         raise Unavailable(f"worker {url} did not answer ({exc!r})") from exc
 
 
+async def full_answer(query: ql.Query, live: list[dict[str, Any]]) -> dict[str, Any]:
+    """Live windows over the sink's rows; without MySQL, the live ones, marked incomplete."""
+    spec = runtime.specs.for_table(query.table)
+    try:
+        rows = await history.windows(query, spec)
+    except HistoryUnavailable as exc:
+        return ql.response(query, spec, live, complete=False, incomplete=str(exc))
+    return ql.response(query, spec, ql.overlay(rows, live))
+
+
 def _unavailable(view: web.View, exc: Unavailable) -> web.Response:
     return view.json({"error": f"state not available: {exc}", "retry_after": RETRY_AFTER_S},
                      status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -178,7 +191,7 @@ async def answer_stats(view: web.View, request: web.Request, query: ql.Query) ->
         return windows
 
     answers = await asyncio.gather(*(one(url, p) for url, p in by_url.items()))
-    return view.json(ql.response(query, spec, ql.gather(answers)))
+    return view.json(await full_answer(query, ql.gather(answers)))
 
 
 def _params(request: web.Request) -> dict[str, str]:
@@ -239,7 +252,8 @@ class UserActivityView(web.View):
                 if not _is_me(owner):
                     sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
                     body = await _peer(owner, request, sub)
-                    return self.json(body)
+                    return self.json(await full_answer(query, body["windows"]))
+                return self.json(await full_answer(query, local_user(query, partition)))
             windows = local_user(query, partition)
             return self.json(ql.response(query, runtime.specs.user, windows))
         except ql.ParamError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.partitioner import murmur2
@@ -32,6 +32,9 @@ MAX_RANGE_MS = 31 * 24 * 3_600_000
 #: Segment and country are free text from the users table; keep them bounded.
 _LABEL_RE = re.compile(r"[^\x00-\x1f|]{1,64}")
 _EPOCH_MS_RE = re.compile(r"[0-9]{1,16}")
+#: Most sink rows one history query reads (a month of one-minute windows is 44,640).
+HISTORY_LIMIT = 100_000
+_ONE_MS = timedelta(milliseconds=1)
 
 KEY_NAMES: dict[str, tuple[str, ...]] = {
     EVENT_STATS: ("source", "type"),
@@ -239,3 +242,78 @@ def response(query: Query, spec: WindowSpec, windows: list[dict[str, Any]],
         "complete": True,
         **extra,
     }
+
+
+# ------------------------------------------------------------ history (sink rows)
+
+#: Value columns the history SELECT reads per table, in order, after window_start, the
+#: key columns and before ``final``.
+HISTORY_COLUMNS: dict[str, tuple[str, ...]] = {
+    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max"),
+    SEGMENT_STATS: ("count", "value_sum"),
+    USER_ACTIVITY: ("count", "types", "first_event_at", "last_event_at"),
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def naive_utc(ms: int) -> datetime:
+    """The naive UTC datetime the driver compares DATETIME columns with."""
+    return (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
+
+
+def _ms(moment: datetime) -> int:
+    """Epoch ms of a naive-UTC DATETIME from the driver."""
+    return (moment.replace(tzinfo=UTC) - _EPOCH) // _ONE_MS
+
+
+def history_sql(query: Query, window_seconds: int) -> tuple[str, list[Any]]:
+    """SELECT of the sink rows for ``query``: window_start, key, values, final."""
+    keys = KEY_NAMES[query.table]
+    columns = ("window_start", *keys, *HISTORY_COLUMNS[query.table], "final")
+    where = ["window_seconds = %s", "window_start >= %s", "window_start < %s"]
+    args: list[Any] = [window_seconds, naive_utc(query.from_ms), naive_utc(query.to_ms)]
+    for name, value in query.key.items():
+        if value is not None:
+            where.append(f"{name} = %s")
+            args.append(value)
+    sql = (f"SELECT {', '.join(columns)} FROM {query.table} WHERE {' AND '.join(where)} "
+           f"ORDER BY window_start LIMIT {HISTORY_LIMIT}")
+    return sql, args
+
+
+def history_window(table: str, spec: WindowSpec, row: Sequence[Any]) -> dict[str, Any]:
+    """One SELECT row of :func:`history_sql` as a response window."""
+    nkeys = len(KEY_NAMES[table])
+    ws = _ms(row[0])
+    key = [str(k) for k in row[1:1 + nkeys]]
+    raw = list(row[1 + nkeys:-1])
+    values: dict[str, Any]
+    if table == USER_ACTIVITY:
+        count, types, first, last = raw
+        values = {"count": int(count), "types": [t for t in str(types).split(",") if t],
+                  "first_ts": _ms(first), "last_ts": _ms(last)}
+    else:
+        values = dict(zip(HISTORY_COLUMNS[table], raw, strict=True))
+        for name, value in values.items():
+            if value is not None:
+                values[name] = int(value) if name.endswith("count") else float(value)
+    return {
+        "window_start": rfc3339(ws),
+        "window_end": rfc3339(spec.end(ws)),
+        "window_start_ms": ws,
+        "key": dict(zip(KEY_NAMES[table], key, strict=True)),
+        "values": values,
+        "final": bool(row[-1]),
+    }
+
+
+def overlay(history: Iterable[dict[str, Any]],
+            live: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live windows (tables) replace history rows of the same window and key.
+
+    The tables hold every open window and closed ones until they expire (user windows:
+    until their final row is written); the sink rows carry the rest.
+    """
+    out = {sort_key(w): w for w in history}
+    out.update((sort_key(w), w) for w in live)
+    return sort_windows(list(out.values()))

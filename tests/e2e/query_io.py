@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 
 from collector.config import Settings
+from collector.sources import UserProfile, UserRepository
 from tests.e2e.kafka_io import produce
 from tests.oracle import oracle
 
@@ -41,17 +42,31 @@ async def produce_events(settings: Settings, events: list[dict[str, Any]]) -> No
             await produce(settings, settings.kafka.raw_topic(source), batch)
 
 
+def profiles(tag: str, users: list[str]) -> dict[str, tuple[str, str]]:
+    """Test-unique segments, so sink rows of other tests never match a query."""
+    return {u: (f"{tag}s{i % 2}", ["DE", "FR"][i % 3 % 2]) for i, u in enumerate(users)}
+
+
+async def seed_profiles(settings: Settings, users: dict[str, tuple[str, str]]) -> None:
+    repo = UserRepository(settings.mysql)
+    try:
+        for uid, (segment, country) in users.items():
+            await repo.upsert(UserProfile(uid, segment, country, "pro"))
+    finally:
+        await repo.close()
+
+
 def expected(events: list[dict[str, Any]], table: str, lo: int, hi: int,
-             **key: str) -> list[dict[str, Any]]:
+             users: dict[str, tuple[str, str]], **key: str) -> list[dict[str, Any]]:
     """Oracle windows of ``table`` starting in [lo, hi), in the API's shape (no final)."""
-    enriched = [{**e, "source": e["_source"], "segment": "unknown", "country": "unknown"}
-                for e in events]
+    enriched = [{**e, "source": e["_source"], "segment": users[e["user_id"]][0],
+                 "country": users[e["user_id"]][1]} for e in events]
     out = []
     for (name, ws, _, values_key), values in oracle(enriched).items():
         named = dict(zip(KEY_NAMES[name], values_key, strict=True))
         if name != table or not lo <= ws < hi:
             continue
-        if any(named[k] != v for k, v in key.items()):
+        if any(named[k] != v for k, v in key.items() if v is not None):
             continue
         out.append({"window_start_ms": ws, "key": named, "values": values})
     return sorted(out, key=lambda w: (w["window_start_ms"], tuple(w["key"].values())))

@@ -21,7 +21,15 @@ import pytest
 from collector.config import Settings
 from collector.sources.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
-from tests.e2e.query_io import expected, get, make_events, produce_events, strip
+from tests.e2e.query_io import (
+    expected,
+    get,
+    make_events,
+    produce_events,
+    profiles,
+    seed_profiles,
+    strip,
+)
 from tests.e2e.workers import Worker, free_port, isolated_env
 
 pytestmark = pytest.mark.e2e
@@ -32,26 +40,36 @@ MIN = 60_000
 class Expectation:
     """What every worker must answer, and checks against it."""
 
-    def __init__(self, events: list[dict[str, Any]], users: list[str], lo: int, hi: int):
-        self.users, self.lo, self.hi = users, lo, hi
-        self.range = {"from": lo, "to": hi}
-        self.stats = expected(events, "event_stats", lo, hi)
-        self.segments = expected(events, "segment_stats", lo, hi)
-        self.activity = {u: expected(events, "user_activity", lo, hi, user_id=u) for u in users}
+    def __init__(self, events: list[dict[str, Any]], users: dict[str, tuple[str, str]],
+                 sources: list[str], lo: int, hi: int):
+        self.users, self.range = list(users), {"from": lo, "to": hi}
+        # one query per test-unique source and segment: MySQL holds other tests' rows too
+        self.queries: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
+        for source in sources:
+            self.queries.append(("/api/v1/stats/events", {**self.range, "source": source},
+                                 expected(events, "event_stats", lo, hi, users, source=source)))
+        for segment in sorted({seg for seg, _ in users.values()}):
+            self.queries.append(("/api/v1/segments", {**self.range, "segment": segment},
+                                 expected(events, "segment_stats", lo, hi, users,
+                                          segment=segment)))
+        for user in users:
+            self.queries.append((f"/api/v1/users/{user}/activity", self.range,
+                                 expected(events, "user_activity", lo, hi, users, user_id=user)))
+
+    async def answers(self, port: int) -> list[Any]:
+        """Every query's windows from the worker on ``port`` (None where it failed)."""
+        try:
+            got = await asyncio.gather(*(get(port, path, params, limit_s=8)
+                                         for path, params, _ in self.queries))
+        except (OSError, TimeoutError):
+            return [None] * len(self.queries)
+        return [strip(body["windows"]) if status == 200 else None for status, _, body in got]
 
     async def correct(self, port: int) -> bool:
         """Every query answered 200 and equal to the oracle by the worker on ``port``."""
-        calls = [get(port, "/api/v1/stats/events", self.range, limit_s=8),
-                 get(port, "/api/v1/segments", self.range, limit_s=8)]
-        calls += [get(port, f"/api/v1/users/{u}/activity", self.range, limit_s=8)
-                  for u in self.users]
-        try:
-            answers = await asyncio.gather(*calls)
-        except (OSError, TimeoutError):
-            return False
-        wants = [self.stats, self.segments, *self.activity.values()]
-        return all(status == 200 and strip(body["windows"]) == want
-                   for (status, _, body), want in zip(answers, wants, strict=True))
+        got = await self.answers(port)
+        return all(windows == want for windows, (_, _, want) in zip(got, self.queries,
+                                                                    strict=True))
 
     async def owned_by(self, port: int) -> set[str]:
         """Users whose partition the worker on ``port`` answers locally (it owns them)."""
@@ -87,9 +105,7 @@ async def split_and_correct(exp: Expectation, a: Worker, b: Worker) -> None:
         return await exp.correct(a.port) and await exp.correct(b.port)
 
     await until(check, 150, "two workers splitting the partitions and answering correctly")
-    _, _, stats_a = await get(a.port, "/api/v1/stats/events", exp.range)
-    _, _, stats_b = await get(b.port, "/api/v1/stats/events", exp.range)
-    assert stats_a["windows"] == stats_b["windows"]
+    assert await exp.answers(a.port) == await exp.answers(b.port)
 
 
 async def failover(exp: Expectation, stopped: Worker, survivor: Worker, sig: int,
@@ -130,10 +146,13 @@ async def test_two_workers_route_and_fail_over(migrated: Settings, tmp_path: Pat
     settings = settings_for(env_a)
     now_ms = int(time.time() * 1000)
     users = [f"{tag}u{i}" for i in range(12)]
+    users_map = profiles(tag, users)
     events = make_events(tag, users, settings.kafka.sources, now_ms - 120_000, 200, 110_000)
     await ensure_topics(settings)
+    await seed_profiles(settings, users_map)
     await produce_events(settings, events)
-    exp = Expectation(events, users, now_ms - 10 * MIN, now_ms + MIN)
+    exp = Expectation(events, users_map, settings.kafka.sources, now_ms - 10 * MIN,
+                      now_ms + MIN)
 
     a = Worker(env_a, tmp_path / "a.log").start()
     b = Worker(env_b, tmp_path / "b.log").start()

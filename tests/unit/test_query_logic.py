@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -162,3 +163,47 @@ def test_openapi_document_is_json_and_complete() -> None:
     for path in doc["paths"].values():
         for op in path.values():
             assert "200" in op["responses"] or "202" in op["responses"]
+
+
+def naive(*parts: int) -> datetime:
+    """A naive UTC datetime, as the MySQL driver returns DATETIME columns."""
+    return datetime(*parts, tzinfo=UTC).replace(tzinfo=None)  # type: ignore[misc]
+
+
+def test_history_sql_filters_and_parameters() -> None:
+    q = ql.parse_events({"source": "web", "from": str(NOW), "to": str(NOW + MIN)}, SOURCES,
+                        NOW)
+    sql, args = ql.history_sql(q, 60)
+    assert sql.startswith("SELECT window_start, source, type, count, value_count, value_sum, "
+                          "value_min, value_max, final FROM event_stats WHERE ")
+    assert "source = %s" in sql and "type = %s" not in sql and "LIMIT" in sql
+    assert args == [60, naive(2026, 1, 1), naive(2026, 1, 1, 0, 1), "web"]
+    sql, args = ql.history_sql(ql.parse_user("u1", {}, NOW), 60)
+    assert "FROM user_activity" in sql and "user_id = %s" in sql and args[-1] == "u1"
+
+
+def test_history_rows_become_windows() -> None:
+    spec = WindowSpec.tumbling(60, 60)
+    row = (naive(2026, 1, 1), "web", "click", 3, 1, 2.5, 2.5, 2.5, 1)
+    assert ql.history_window("event_stats", spec, row) == {
+        "window_start": "2026-01-01T00:00:00.000Z", "window_end": "2026-01-01T00:01:00.000Z",
+        "window_start_ms": NOW, "key": {"source": "web", "type": "click"},
+        "values": {"count": 3, "value_count": 1, "value_sum": 2.5, "value_min": 2.5,
+                   "value_max": 2.5}, "final": True}
+    row = (naive(2026, 1, 1), "web", "view", 1, 0, 0.0, None, None, 0)
+    assert ql.history_window("event_stats", spec, row)["values"]["value_min"] is None
+    row = (naive(2026, 1, 1), "u1", 2, "buy,click", naive(2026, 1, 1, 0, 0, 1),
+           naive(2026, 1, 1, 0, 0, 2, 500_000), 0)
+    got = ql.history_window("user_activity", spec, row)
+    assert got["values"] == {"count": 2, "types": ["buy", "click"], "first_ts": NOW + 1000,
+                             "last_ts": NOW + 2500}
+    assert got["final"] is False
+
+
+def test_overlay_prefers_live_windows() -> None:
+    a = {"source": "a", "type": "x"}
+    old = [window(NOW - MIN, a, 4, True), window(NOW, a, 1, False)]
+    live = [window(NOW, a, 2, False), window(NOW + MIN, a, 1, False)]
+    out = ql.overlay(old, live)
+    assert [(w["window_start_ms"], w["values"]["count"]) for w in out] == [
+        (NOW - MIN, 4), (NOW, 2), (NOW + MIN, 1)]

@@ -1,0 +1,70 @@
+"""Closed windows from the MySQL sink, for query ranges older than the tables hold.
+
+The tables drop a window once it expired (stats) or once its final row is written
+(user activity), so a range query reads the sink rows too and lets the live windows
+replace them.  One small pool, opened on first use and rebuilt after an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiomysql
+import mode
+
+from collector.config import MySQLSettings
+from collector.streams.windows import WindowSpec
+from collector.web import query_logic as ql
+
+log = logging.getLogger(__name__)
+
+
+class HistoryUnavailable(Exception):
+    """MySQL could not be read; the answer then holds the live windows only."""
+
+
+class History(mode.Service):
+    """Reads sink rows of a query's range (read-only, autocommit)."""
+
+    def __init__(self, settings: MySQLSettings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._pool: aiomysql.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def _get_pool(self) -> aiomysql.Pool:
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await aiomysql.create_pool(
+                    minsize=0, maxsize=2, connect_timeout=self._settings.timeout,
+                    autocommit=True, charset="utf8mb4", pool_recycle=300,
+                    **self._settings.connect_kwargs(),
+                )
+            return self._pool
+
+    async def windows(self, query: ql.Query, spec: WindowSpec) -> list[dict[str, Any]]:
+        """The sink rows of ``query`` as response windows, or HistoryUnavailable."""
+        sql, args = ql.history_sql(query, spec.seconds)
+        try:
+            async with asyncio.timeout(self._settings.timeout * 2):
+                pool = await self._get_pool()
+                async with pool.acquire() as conn, conn.cursor() as cur:
+                    await cur.execute(sql, args)
+                    rows = await cur.fetchall()
+        except Exception as exc:  # driver, network, timeout: degrade, never a 500
+            log.warning("query history: MySQL unavailable: %r", exc)
+            await self._drop()
+            raise HistoryUnavailable(f"MySQL unavailable: {exc!r}") from exc
+        return [ql.history_window(query.table, spec, row) for row in rows]
+
+    async def _drop(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            await pool.wait_closed()
+
+    async def on_stop(self) -> None:
+        await self._drop()
