@@ -132,10 +132,25 @@ def render(results: dict[str, Any]) -> str:
     if scaling:
         out.append("")
         out.append(format_table(
-            ("scaling N", "events/s", "µs CPU/event", "peak RSS MB"),
-            [[p["n"], p["events_per_s"], p["cpu_us_per_event"], p["peak_rss_mb"]]
+            ("scaling N", "events/s", "µs CPU/event", "µs CPU/event (consume only)",
+             "peak RSS MB"),
+            [[p["n"], p["events_per_s"], p["cpu_us_per_event"],
+              p.get("consume_only_cpu_us_per_event"), p["peak_rss_mb"]]
              for p in scaling["points"]]))
-        out.append(f"per-event CPU change small->large N: {_fmt(scaling.get('cpu_change_pct'))}%")
+        out.append(f"per-event CPU change smallest->largest N: "
+                   f"{_fmt(scaling.get('cpu_change_pct'))}% incl. flush, "
+                   f"{_fmt(scaling.get('consume_only_cpu_change_pct'))}% consume only")
+    for mode, res in results.get("modes", {}).items():
+        prof = res.get("profile") or {}
+        if prof.get("samples"):
+            out.append("")
+            out.append(format_table(
+                (f"{mode}: py-spy cost group ({prof['samples']} samples)", "% of samples"),
+                [[name, pct] for pct, name in prof["groups_pct"]]))
+            out.append(format_table(("top self frames", "% of samples"),
+                                    [[name[:90], pct] for pct, name in prof["self_pct"][:10]]))
+        elif prof.get("note"):
+            out.append(f"{mode}: {prof['note']}")
     targets = results.get("targets")
     if targets:
         out.append("")
@@ -167,7 +182,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     scaling = results.get("scaling")
     if scaling and scaling.get("cpu_change_pct") is not None:
         change = scaling["cpu_change_pct"]
-        found.append({"name": "scaling: CPU/event change 50k->500k (%)", "goal": "within 10",
+        sizes = "->".join(f"{p['n'] // 1000}k" for p in scaling.get("points", []))
+        found.append({"name": f"scaling: CPU/event change {sizes} (%)", "goal": "within 10",
                       "measured": change, "met": abs(change) <= 10})
     return found
 

@@ -39,6 +39,7 @@ from benchmarks.pipeline import (
     run_reference,
     warm_cache,
 )
+from benchmarks.profile import Profiler
 
 MODES = {"single": 1, "batch50": 50}
 
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="py-spy the pipeline worker for up to SECONDS of its measurement")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None,
                    help="state dirs and worker logs (default .local/bench/<timestamp>)")
@@ -112,7 +115,15 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
     try:
         ready_s = await worker.start()
         log(f"{mode}: pipeline worker ready in {ready_s:.1f}s (cache warmed: {warmed} users)")
+        profiler = None
+        if args.profile > 0 and not pipeline_only:
+            profiler = Profiler(worker.worker.pid, args.profile, workdir / "profile.raw")
+            await profiler.start()
         pipe = await worker.measure(events, valid, dead)
+        if profiler is not None:
+            result["profile"] = await profiler.finish()
+            log(f"{mode}: profile {result['profile'].get('samples', 0)} samples "
+                f"{result['profile'].get('note', '')}")
         pipe["ready_s"] = round(ready_s, 2)
         pipe["cache_warmed_users"] = warmed
         result["pipeline"] = pipe
@@ -139,6 +150,11 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
     shutil.rmtree(workdir / "faust", ignore_errors=True)
     shutil.rmtree(workdir / "reference-data", ignore_errors=True)
     return result
+
+
+def change_pct(points: list[dict[str, Any]], key: str) -> float | None:
+    first, last = points[0][key], points[-1][key]
+    return round((last - first) / first * 100, 1) if first else None
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,10 +190,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                pipe["consume_only"]["cpu_us_per_event"],
                            "peak_rss_mb": pipe["peak_rss_mb"], "tag": res["tag"]})
             log(f"scaling N={size:,}: {pipe['cpu_us_per_event']} µs CPU/event")
-        first, last = points[0]["cpu_us_per_event"], points[-1]["cpu_us_per_event"]
         results["scaling"] = {
             "points": points,
-            "cpu_change_pct": round((last - first) / first * 100, 1) if first else None,
+            "cpu_change_pct": change_pct(points, "cpu_us_per_event"),
+            "consume_only_cpu_change_pct": change_pct(points, "consume_only_cpu_us_per_event"),
         }
     results["targets"] = report.targets(results)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

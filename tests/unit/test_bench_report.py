@@ -92,7 +92,7 @@ def test_targets_and_render() -> None:
     found = {t["name"]: t["met"] for t in targets(results)}
     assert found == {"single: pipeline / reference": True, "batch50: pipeline events/s": False,
                      "latency p99 at 50% load (s)": True,
-                     "scaling: CPU/event change 50k->500k (%)": False}
+                     "scaling: CPU/event change 50k (%)": False}
     text = render(results)
     assert "2.25x" in text and "0.018x" in text
 
@@ -105,3 +105,18 @@ def test_update_docs_replaces_only_the_section(tmp_path: Path) -> None:
     assert text.startswith("intro\n") and text.endswith("\noutro\n")
     assert "STALE-CONTENT" not in text and "| single " in text
     assert not update_docs(sample_results(), tmp_path / "missing.md")
+
+
+def test_summarize_py_spy_raw() -> None:
+    from benchmarks.profile import summarize_raw
+
+    raw = ("main (a.py:1);RawProcessor.process (p.py:2);Aggregator.apply (g.py:3) 3\n"
+           "main (a.py:1);Service.wait_first (mode/services.py:9) 1\n")
+    s = summarize_raw(raw)
+    assert s["samples"] == 4
+    assert s["self_pct"][0] == [75.0, "Aggregator.apply (g.py)"]
+    assert [100.0, "main (a.py)"] in s["inclusive_pct"]
+    groups = {name: pct for pct, name in s["groups_pct"]}
+    assert groups["aggregator (window state)"] == 75.0
+    assert groups["mode Service.wait_first"] == 25.0
+    assert summarize_raw("") == {"samples": 0}
