@@ -43,8 +43,9 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/collector stack status
 
+## make bench: benchmarks on the local stack (BENCH_N=20000 for a quick one; BENCH_ARGS="--help")
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean-state:
 	rm -rf .local/faust
