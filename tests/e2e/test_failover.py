@@ -172,3 +172,46 @@ async def test_two_workers_route_and_fail_over(migrated: Settings, tmp_path: Pat
     finally:
         a.stop()
         b.stop()
+
+
+async def test_worker_beyond_the_partition_count_idles_but_answers(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    """One partition, two workers: one owns everything, the other routes every query."""
+    tag = "i" + uuid.uuid4().hex[:6]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    env_a = isolated_env(
+        tmp_path / "a", COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
+        COLLECTOR_KAFKA__PARTITIONS="1", COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS="0.5",
+        COLLECTOR_WINDOWS__GRACE_SECONDS="600", COLLECTOR_INFLUX__DATABASE=f"{tag}db",
+    )
+    env_b = {**env_a, "COLLECTOR_WEB__PORT": str(free_port()),
+             "COLLECTOR_APP__DATADIR": str(tmp_path / "b" / "faust")}
+    settings = settings_for(env_a)
+    now_ms = int(time.time() * 1000)
+    users_map = profiles(tag, [f"{tag}u{i}" for i in range(4)])
+    events = make_events(tag, list(users_map), settings.kafka.sources, now_ms - 60_000, 40,
+                         50_000)
+    await ensure_topics(settings)
+    await seed_profiles(settings, users_map)
+    await produce_events(settings, events)
+    exp = Expectation(events, users_map, settings.kafka.sources, now_ms - 10 * MIN,
+                      now_ms + MIN)
+
+    a = Worker(env_a, tmp_path / "a.log").start()
+    b = Worker(env_b, tmp_path / "b.log").start()
+    try:
+        await asyncio.to_thread(a.wait_ready, 90)
+        await asyncio.to_thread(b.wait_ready, 90)
+
+        async def one_owner_both_correct() -> bool:
+            owned = [await exp.owned_by(a.port), await exp.owned_by(b.port)]
+            if sorted(map(len, owned)) != [0, len(users_map)]:
+                return False
+            return await exp.correct(a.port) and await exp.correct(b.port)
+
+        await until(one_owner_both_correct, 120, "one owner, and both workers correct")
+    finally:
+        a.stop()
+        b.stop()

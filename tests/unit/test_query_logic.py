@@ -207,3 +207,18 @@ def test_overlay_prefers_live_windows() -> None:
     out = ql.overlay(old, live)
     assert [(w["window_start_ms"], w["values"]["count"]) for w in out] == [
         (NOW - MIN, 4), (NOW, 2), (NOW + MIN, 1)]
+
+
+def test_openapi_describes_every_registered_route() -> None:
+    import importlib
+    import pkgutil
+
+    import collector.web
+
+    routes = set()
+    for info in pkgutil.iter_modules(collector.web.__path__, "collector.web."):
+        blueprint = getattr(importlib.import_module(info.name), "blueprint", None)
+        if blueprint is not None:
+            routes |= {route.uri for route in blueprint.routes}
+    assert "/api/v1/users/{user_id}/activity" in routes
+    assert routes <= set(openapi_document(SOURCES)["paths"])
