@@ -7,7 +7,9 @@ Faust finds them through the explicit ``AUTODISCOVER`` list.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -45,9 +47,28 @@ class CollectorApp(faust.App):
 
     #: use collector.transport.highwater (fetch-verified high watermarks for recovery)
     verify_highwaters: bool = False
+    #: bound on the producer flush at shutdown (Faust waits up to producer_request_timeout)
+    shutdown_flush_timeout: float = 30.0
 
     def _on_autodiscovery_error(self, name: str) -> None:
         raise RuntimeError(f"collector: importing {name!r} failed; refusing to start")
+
+    async def _producer_flush(self, logger: Any) -> None:
+        """Flush at shutdown, but not forever: with the broker down Faust's flush waits
+        ``producer_request_timeout`` (20 min) and SIGTERM seems ignored.  Records left
+        unsent were never acknowledged, so no offset past them was committed and a
+        restart reprocesses them."""
+        timeout = self.shutdown_flush_timeout
+        try:
+            await asyncio.wait_for(super()._producer_flush(logger), timeout)
+        except TimeoutError:
+            # aiokafka's producer.stop() waits for the same undeliverable batches, so the
+            # rest of the shutdown would hang too: give it one more timeout, then exit
+            # the way kill -9 would (which recovery handles: nothing unacked is committed)
+            logger.error("producer flush gave up after %.0fs (broker unreachable?); "
+                         "exiting within %.0fs more; a restart reprocesses what was not "
+                         "committed", timeout, timeout)
+            asyncio.get_running_loop().call_later(timeout, _hard_exit, logger)
 
     def _new_transport(self) -> Any:
         if self.verify_highwaters:
@@ -62,6 +83,12 @@ class CollectorApp(faust.App):
             web_cls: Any = symbol_by_name("collector.web.server:Web")
             return web_cls(self)
         return super()._new_web()
+
+
+def _hard_exit(logger: Any) -> None:
+    logger.error("shutdown still blocked on the unreachable broker: exiting now")
+    logging.shutdown()
+    os._exit(1)
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -125,4 +152,5 @@ def create_app(settings: Settings) -> faust.App:
     """A configured, not yet started, Faust app."""
     app = CollectorApp(settings.app.id, **faust_options(settings))
     app.verify_highwaters = settings.kafka.verify_highwaters
+    app.shutdown_flush_timeout = settings.kafka.shutdown_flush_timeout
     return app

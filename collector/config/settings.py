@@ -88,6 +88,11 @@ class KafkaSettings(_Section):
         default=0.01, ge=0, description="Producer linger (s); 0 sends one request per write."
     )
     max_poll_records: int = Field(default=1000, ge=1, description="Records per fetch.")
+    shutdown_flush_timeout: float = Field(
+        default=30.0, gt=0,
+        description="At shutdown, wait at most this long (s) for the producer to deliver "
+        "its buffer; with the broker down a worker would otherwise not stop for 20 min.",
+    )
     verify_highwaters: bool = Field(
         default=True,
         description="Check ListOffsets(latest) against fetch high watermarks before table "

