@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,18 +57,27 @@ class Expectation:
             self.queries.append((f"/api/v1/users/{user}/activity", self.range,
                                  expected(events, "user_activity", lo, hi, users, user_id=user)))
 
-    async def answers(self, port: int) -> list[Any]:
-        """Every query's windows from the worker on ``port`` (None where it failed)."""
+    async def answers(self, port: int, statuses: Counter[str] | None = None) -> list[Any]:
+        """Every query's windows from the worker on ``port`` (None where it failed).
+
+        ``statuses`` counts what came back: a status, ``503+Retry-After``, or ``no answer``.
+        """
         try:
             got = await asyncio.gather(*(get(port, path, params, limit_s=8)
                                          for path, params, _ in self.queries))
         except (OSError, TimeoutError):
+            if statuses is not None:
+                statuses["no answer"] += 1
             return [None] * len(self.queries)
+        if statuses is not None:
+            for status, headers, _ in got:
+                retry = status == 503 and headers.get("Retry-After") == "1"
+                statuses["503+Retry-After" if retry else str(status)] += 1
         return [strip(body["windows"]) if status == 200 else None for status, _, body in got]
 
-    async def correct(self, port: int) -> bool:
+    async def correct(self, port: int, statuses: Counter[str] | None = None) -> bool:
         """Every query answered 200 and equal to the oracle by the worker on ``port``."""
-        got = await self.answers(port)
+        got = await self.answers(port, statuses)
         return all(windows == want for windows, (_, _, want) in zip(got, self.queries,
                                                                     strict=True))
 
@@ -119,13 +129,17 @@ async def failover(exp: Expectation, stopped: Worker, survivor: Worker, sig: int
     t0 = time.monotonic()
     stopped.proc.send_signal(sig)
     failed = 0
+    statuses: Counter[str] = Counter()
     while time.monotonic() - t0 < 120:
         started = time.monotonic()
         exited = stopped.proc.poll() is not None
-        if await exp.correct(survivor.port) and exited:
+        if await exp.correct(survivor.port, statuses) and exited:
             elapsed = started - t0
             print(f"[failover] {label}: survivor answered every query correctly "
-                  f"{elapsed:.1f} s after the signal ({failed} polls failed before)")
+                  f"{elapsed:.1f} s after the signal ({failed} polls failed before; "
+                  f"answers meanwhile: {dict(statuses)})")
+            # while partitions move the survivor says so: 503 + Retry-After, never a 500
+            assert set(statuses) <= {"200", "503+Retry-After"}, statuses
             return elapsed
         failed += 0 if not exited else 1
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
