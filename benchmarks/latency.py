@@ -111,6 +111,7 @@ async def run_latency(
         await producer.stop()
     latencies, missing = match_curves(sent, visible)
     stats = summarize(latencies)
+    curve = sample_curve(sent, visible, wall0)
     return {
         "offered_events_per_s": round(rate, 1),
         "achieved_send_events_per_s": round(total / send_seconds, 1) if send_seconds else 0,
@@ -124,4 +125,25 @@ async def run_latency(
         "p99_s": stats["p99"],
         "max_s": stats["max"],
         "mean_s": stats["mean"],
+        "curve": curve,
     }
+
+
+def sample_curve(sent: list[tuple[float, int]], visible: list[tuple[float, int]],
+                 t0: float, step: float = 1.0) -> list[list[float]]:
+    """[seconds since start, valid events sent, events visible] once per ``step``."""
+    end = max(sent[-1][0] if sent else t0, visible[-1][0] if visible else t0)
+    out: list[list[float]] = []
+    i = j = 0
+    s_count = v_count = 0
+    t = t0
+    while t <= end + step:
+        while i < len(sent) and sent[i][0] <= t:
+            s_count = sent[i][1]
+            i += 1
+        while j < len(visible) and visible[j][0] <= t:
+            v_count = visible[j][1]
+            j += 1
+        out.append([round(t - t0, 1), s_count, v_count])
+        t += step
+    return out

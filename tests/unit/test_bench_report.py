@@ -120,3 +120,10 @@ def test_summarize_py_spy_raw() -> None:
     assert groups["aggregator (window state)"] == 75.0
     assert groups["mode Service.wait_first"] == 25.0
     assert summarize_raw("") == {"samples": 0}
+
+
+def test_sample_curve() -> None:
+    from benchmarks.latency import sample_curve
+
+    curve = sample_curve([(0.5, 10), (1.5, 20)], [(1.2, 5), (2.2, 20)], 0.0)
+    assert curve[:4] == [[0.0, 0, 0], [1.0, 10, 0], [2.0, 20, 5], [3.0, 20, 20]]
