@@ -176,6 +176,17 @@ def faust_worker(app: str, env: dict[str, str], log: Path) -> Subprocess:
     return Subprocess([str(FAUST), "-A", app, "worker", "-l", "info"], env, log)
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and which files under collector/ differed from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
+        return done.stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "collector").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_collector_files": dirty}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

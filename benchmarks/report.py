@@ -202,6 +202,7 @@ def docs_section(results: dict[str, Any]) -> str:
     m = results.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
     params = results.get("params", {})
+    code = results.get("code", {})
     lines = [
         BEGIN,
         f"Last run: {results.get('finished_at', '?')} — N = {_fmt(params.get('n'))} events, "
@@ -213,6 +214,9 @@ def docs_section(results: dict[str, Any]) -> str:
         f"Load average (1/5/15 min) at start {m.get('load_at_start')}, "
         f"at end {results.get('load_at_end')}. The machine is shared: treat the numbers "
         "as indicative unless the load was near zero.",
+        f"Code: commit {code.get('commit', '?')}"
+        + (f", with uncommitted changes in {', '.join(code['uncommitted_collector_files'])}"
+           if code.get("uncommitted_collector_files") else "") + ".",
         "",
         render(results),
         END,

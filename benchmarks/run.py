@@ -23,6 +23,7 @@ from benchmarks import report
 from benchmarks.ceiling import run_ceiling
 from benchmarks.common import (
     ROOT,
+    code_version,
     isolated_env,
     load_average,
     machine,
@@ -163,6 +164,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "code": code_version(),
         "params": {"n": args.n, "users": args.users, "modes": args.modes,
                    "latency_seconds": args.latency_seconds, "latency_load": args.latency_load,
                    "scaling": args.scaling, "workdir": str(workdir)},
