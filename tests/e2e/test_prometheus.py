@@ -19,8 +19,9 @@ import pytest
 
 from collector.sources.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
-from tests.e2e.tools import ensure_program, get, wait_http
+from tests.e2e.tools import get, wait_http
 from tests.e2e.workers import Worker, free_port, isolated_env
+from tests.programs import ensure_program
 
 pytestmark = pytest.mark.e2e
 

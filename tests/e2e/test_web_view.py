@@ -24,8 +24,9 @@ import pytest
 
 from collector.sources.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
-from tests.e2e.tools import ROOT, ensure_program, get, keep_artifact
+from tests.e2e.tools import ROOT, get, keep_artifact
 from tests.e2e.workers import Worker, isolated_env
+from tests.programs import ensure_program
 
 pytestmark = pytest.mark.e2e
 

@@ -27,6 +27,7 @@ from collector.config.settings import InfluxSettings, MySQLSettings, Settings
 from collector.db import connect, migrate
 from collector.sinks import InfluxSink, MySQLSink, Row
 from tests.integration.servers import InfluxDBServer, MariaDBServer, VictoriaMetricsServer, binary
+from tests.programs import ensure_program
 
 pytestmark = pytest.mark.integration
 
@@ -366,8 +367,8 @@ async def test_influx_outage_keeps_rows_and_catches_up(influxd: InfluxDBServer) 
 
 
 async def test_influx_v2_path_against_victoria_metrics(tmp_path: Path) -> None:
-    if binary("victoria-metrics") is None:
-        pytest.skip("victoria-metrics is not installed (the only local /api/v2/write server)")
+    # the only server here that speaks /api/v2/write; installed like the stack's services
+    ensure_program("victoria-metrics", "victoria-metrics")
     server = VictoriaMetricsServer(tmp_path)
     await asyncio.to_thread(server.start)
     settings = InfluxSettings(url=server.url, api="v2", org="acme", bucket="collector",
