@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from collector.sinks import Row
-from collector.streams.aggregator import Aggregator, Specs, slot_key, user_key
+from collector.streams.aggregator import SEP, Aggregator, Specs, slot_key, user_key
 from collector.streams.state import State
 from collector.streams.windows import USER_ACTIVITY, row_values
 
@@ -103,6 +103,10 @@ class Flusher:
         for key, partition in list(agg.index.items()):
             if partition not in owned_parts or key[0] not in "pu":
                 continue
+            if key not in dirty and key not in self.confirmed and not self._may_close(
+                key, partition, closed
+            ):
+                continue  # nothing to send: skip the store read (most keys, most ticks)
             entry = self.state.get(partition, key)
             if entry is None:
                 agg.index.pop(key, None)
@@ -146,6 +150,22 @@ class Flusher:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
+
+    def _may_close(self, key: str, partition: int, closed: dict[str, int]) -> bool:
+        """Whether a clean key might need its final send, judged from the key alone.
+
+        Keys end in ``|window_start``; partial keys are ``p|table|topic|partition|…``
+        (topic names and tables contain no ``|``), user keys ``u|user_id|ws``.
+        """
+        ws = int(key[key.rindex(SEP) + 1:])
+        if key[0] == "p":
+            _, table, topic, _ = key.split(SEP, 3)
+            mark = closed.get(slot_key(topic, partition), 0)
+            return self.specs.for_table(table).is_closed(ws, mark)
+        if key in self.final_sent:
+            return False
+        mark = min(closed.get(slot_key(t, partition), 0) for t in self.raw_topics)
+        return self.specs.for_table(USER_ACTIVITY).is_closed(ws, mark)
 
     def _close_marks(
         self, assigned: Collection[tuple[str, int]], now_s: float, now_ms: int

@@ -96,13 +96,14 @@ class RawProcessor:
         pending: list[Awaitable[Any]] = []
         valid: list[tuple[RawRecord, str, dict[str, Any]]] = []
         consumed: dict[str, int] = {}
+        messages: dict[str, int] = {}  # counted per batch: a labelled inc costs ~2 µs
         for record in records:
             source = self._kafka.source_of(record.topic)
             if source is None:  # not ours: the agent subscribes raw topics only
                 log.warning("ignoring message from foreign topic %s", record.topic)
                 continue
             decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
-            self._metrics.messages.labels(source).inc()
+            messages[source] = messages.get(source, 0) + 1
             consumed[source] = consumed.get(source, 0) + len(decoded.events) + len(
                 decoded.rejects
             )
@@ -126,6 +127,8 @@ class RawProcessor:
                 result.dead_letters += 1
         if valid:
             await self._enrich(valid, result, out, pending)
+        for source, count in messages.items():
+            self._metrics.messages.labels(source).inc(count)
         # consumed last: a scrape mid-batch may see consumed lag, never valid + DL short
         for source, count in consumed.items():
             self._metrics.consumed.labels(source).inc(count)

@@ -257,6 +257,32 @@ async def test_a_replay_after_windows_closed_is_not_dead_lettered_again(specs: S
     assert len(lates) == 1 and "event_stats" in lates[0].tables
 
 
+async def test_a_tick_reads_only_keys_that_have_something_to_send(specs: Specs) -> None:
+    """Clean, open windows are skipped from their key alone (no store read); a dirty key
+    or one whose window has just closed is read and sent."""
+    clock = Clock(T0 / 1000 + 10)
+    loop = Loop(specs, clock)
+    feed(loop, [("raw.web", 0, 1, event("u0", "click", T0 + 1_000, value=1.0))])
+    await loop.tick()
+    reads: list[str] = []
+    original = loop.agg.state.get
+
+    def counting_get(partition: int, key: str) -> Any:
+        reads.append(key)
+        return original(partition, key)
+
+    loop.agg.state.get = counting_get  # type: ignore[method-assign]
+    await loop.tick()
+    assert [k for k in reads if k[0] in "pu"] == []  # nothing dirty, nothing closed
+    # a later event closes the first windows (watermark past end + grace): they are read
+    feed(loop, [("raw.web", 0, 2, event("u0", "click", T0 + 600_000, value=1.0))])
+    reads.clear()
+    await loop.tick()
+    closing = f"p|event_stats|raw.web|0|web|click|{T0}"
+    assert closing in reads  # its slot's watermark closed it: read, sent final
+    assert closing not in loop.agg.state.data  # type: ignore[attr-defined]
+
+
 async def test_envelope_elements_share_an_offset_and_all_count(specs: Specs) -> None:
     clock = Clock(T0 / 1000 + 10)
     loop = Loop(specs, clock)
