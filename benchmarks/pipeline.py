@@ -214,12 +214,15 @@ class PipelineWorker:
                      if k.startswith("collector_sink_rows_written:"))
 
     async def measure(self, events: int, valid: int, dead: int,
-                      limit_s: float = 1800.0) -> dict[str, Any]:
+                      limit_s: float = 1800.0, stall_s: float = 60.0) -> dict[str, Any]:
         """From the first event consumed until every event is consumed and flushed.
 
-        Flushed: this run's ``event_stats`` rows in MySQL add up to every valid event and
-        the sinks' written-row counters stopped moving for two flush intervals (+1 s); the
-        end is the last poll at which a counter moved (or MySQL became complete).
+        Flushed: this run's ``event_stats`` rows in MySQL add up to every event that
+        entered the windows (consumed - dead-lettered, so events dead-lettered as late
+        count as done) and the sinks' written-row counters stopped moving for two flush
+        intervals (+1 s); the end is the last poll at which a counter moved (or MySQL
+        became complete).  If nothing moves for ``stall_s`` after everything was consumed
+        the run ends as ``complete: false`` instead of waiting for ``limit_s``.
         """
         pid = self.worker.pid
         settle = 2 * self.settings.windows.flush_interval_seconds + 1.0
@@ -228,7 +231,9 @@ class PipelineWorker:
         last_rows: tuple[float, ...] = ()
         last_change: Mark | None = None
         mysql_done = False
+        visible = last_visible = 0
         m: dict[str, float] = {}
+        complete = True
         while time.monotonic() < deadline:
             self.worker.check_alive()
             m = await self.metrics()
@@ -242,10 +247,19 @@ class PipelineWorker:
             if rows != last_rows:
                 last_rows, last_change = rows, now
             if consumed_at is not None:
-                if not mysql_done and await event_stats_count(self.settings) >= valid:
-                    mysql_done = True
-                    last_change = now  # the latest mark so far
-                if mysql_done and last_change and time.perf_counter() - last_change.at >= settle:
+                windowed = consumed - m.get("collector_events_dead_lettered", 0.0)
+                if not mysql_done:
+                    visible = await event_stats_count(self.settings)
+                    if visible != last_visible:
+                        last_visible, last_change = visible, now
+                    if visible >= windowed:
+                        mysql_done = True
+                        last_change = now  # the latest mark so far
+                quiet = time.perf_counter() - (last_change or consumed_at).at
+                if mysql_done and quiet >= settle:
+                    break
+                if quiet >= max(stall_s, settle):
+                    complete = False
                     break
             # /metrics exposition costs the worker CPU (about 9% at 20 scrapes/s, measured
             # with py-spy), so scrape fast only until the first event, then every 0.5 s
@@ -253,15 +267,19 @@ class PipelineWorker:
         else:
             raise RuntimeError(f"pipeline: not done after {limit_s}s; metrics {m}\n"
                                f"{self.worker.tail()}")
-        assert first is not None and consumed_at is not None and last_change is not None
-        result = rates(events, first, last_change)
+        assert first is not None and consumed_at is not None
+        result = rates(events, first, last_change or consumed_at)
+        result["complete"] = complete
         result["consume_only"] = rates(events, first, consumed_at)
+        dead_now = m.get("collector_events_dead_lettered", 0.0)
         result["counters"] = {
             "consumed": m.get("collector_events_consumed"),
             "valid": m.get("collector_events_valid"),
-            "dead_lettered": m.get("collector_events_dead_lettered"),
+            "dead_lettered": dead_now,
             "expected_valid": valid,
             "expected_dead_lettered": dead,
+            "unexpected_dead_letters": dead_now - dead,
+            "event_stats_visible": visible,
             "sink_rows": {k.split(":", 1)[1]: v for k, v in m.items()
                           if k.startswith("collector_sink_rows_written:")},
             "sink_failed": m.get("collector_sink_rows_failed", 0.0),

@@ -151,6 +151,10 @@ def render(results: dict[str, Any]) -> str:
                                     [[name[:90], pct] for pct, name in prof["self_pct"][:10]]))
         elif prof.get("note"):
             out.append(f"{mode}: {prof['note']}")
+    notes = warnings(results)
+    if notes:
+        out.append("")
+        out.extend(f"WARNING: {note}" for note in notes)
     targets = results.get("targets")
     if targets:
         out.append("")
@@ -158,6 +162,25 @@ def render(results: dict[str, Any]) -> str:
                                 [[t["name"], t["goal"], t["measured"], t["met"]]
                                  for t in targets]))
     return "\n".join(out)
+
+
+def warnings(results: dict[str, Any]) -> list[str]:
+    """Failed stages, incomplete runs and dead letters the generator did not plan."""
+    notes = [str(e) for e in results.get("errors", [])]
+    runs = [(mode, res) for mode, res in results.get("modes", {}).items()]
+    runs += [(f"scaling N={p['n']:,}", {"pipeline": {"complete": p.get("complete", True),
+                                                      "counters": p}})
+             for p in (results.get("scaling") or {}).get("points", [])]
+    for mode, res in runs:
+        notes += [f"{mode}: {e}" for e in res.get("errors", [])]
+        pipe = res.get("pipeline") or {}
+        if pipe and not pipe.get("complete", True):
+            notes.append(f"{mode}: pipeline never showed every event in MySQL (stalled)")
+        extra = (pipe.get("counters") or {}).get("unexpected_dead_letters") or 0
+        if extra:
+            notes.append(f"{mode}: {extra:,.0f} events dead-lettered beyond the generator's "
+                         "malformed ones (late: see docs/benchmarks.md, Findings)")
+    return notes
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -102,12 +102,22 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
                          "events_per_second": summary["events_per_second"]}
     log(f"{mode}: produced {events:,} events in {messages:,} messages, "
         f"{summary['events_per_second']:,.0f} events/s")
+    errors: list[str] = []
+    result["errors"] = errors
     if not pipeline_only and not args.skip_ceiling:
-        result["ceiling"] = await run_ceiling(settings, messages, events)
-        log(f"{mode}: ceiling {result['ceiling']['events_per_s']:,.0f} events/s")
+        try:
+            result["ceiling"] = await run_ceiling(settings, messages, events)
+            log(f"{mode}: ceiling {result['ceiling']['events_per_s']:,.0f} events/s")
+        except Exception as exc:  # one broken stage must not lose the others' numbers
+            errors.append(f"ceiling: {exc!r}"[:2000])
+            log(f"{mode}: ceiling FAILED: {exc!r}"[:500])
     if not pipeline_only and not args.skip_reference:
-        result["reference"] = await run_reference(settings, messages, events, workdir)
-        log(f"{mode}: reference {result['reference']['events_per_s']:,.0f} events/s")
+        try:
+            result["reference"] = await run_reference(settings, messages, events, workdir)
+            log(f"{mode}: reference {result['reference']['events_per_s']:,.0f} events/s")
+        except Exception as exc:
+            errors.append(f"reference: {exc!r}"[:2000])
+            log(f"{mode}: reference FAILED: {exc!r}"[:500])
     if args.skip_pipeline:
         return result
     await influx_create_db(settings)
@@ -131,6 +141,10 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         log(f"{mode}: pipeline {pipe['events_per_s']:,.0f} events/s incl. flush, "
             f"{pipe['consume_only']['events_per_s']:,.0f} consumed/s, "
             f"{pipe['cpu_us_per_event']} µs CPU/event")
+        extra = pipe["counters"]["unexpected_dead_letters"]
+        if extra or not pipe["complete"]:
+            log(f"{mode}: WARNING: complete={pipe['complete']}, {extra:,.0f} dead letters "
+                "beyond the generator's malformed ones (late?)")
         if latency:
             max_eps = pipe["consume_only"]["events_per_s"]
             rate = max_eps * args.latency_load
@@ -146,6 +160,9 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
             lat["load_share"] = args.latency_load
             result["latency"] = lat
             log(f"{mode}: latency p50 {lat['p50_s']}s p99 {lat['p99_s']}s")
+    except Exception as exc:
+        errors.append(f"pipeline/latency: {exc!r}"[:2000])
+        log(f"{mode}: pipeline FAILED: {exc!r}"[:500])
     finally:
         await worker.stop()
     shutil.rmtree(workdir / "faust", ignore_errors=True)
@@ -185,14 +202,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         points = []
         for size in (int(s) for s in args.scaling_sizes.split(",") if s):
             res = await run_mode(args, "single", size, workdir, pipeline_only=True)
+            if "pipeline" not in res:
+                results.setdefault("errors", []).extend(res["errors"])
+                continue
             pipe = res["pipeline"]
             points.append({"n": size, "events_per_s": pipe["events_per_s"],
                            "cpu_us_per_event": pipe["cpu_us_per_event"],
                            "consume_only_cpu_us_per_event":
                                pipe["consume_only"]["cpu_us_per_event"],
                            "peak_rss_mb": pipe["peak_rss_mb"], "tag": res["tag"]})
+            points[-1]["complete"] = pipe["complete"]
+            points[-1]["unexpected_dead_letters"] = pipe["counters"]["unexpected_dead_letters"]
             log(f"scaling N={size:,}: {pipe['cpu_us_per_event']} µs CPU/event")
-        results["scaling"] = {
+        results["scaling"] = {} if not points else {
             "points": points,
             "cpu_change_pct": change_pct(points, "cpu_us_per_event"),
             "consume_only_cpu_change_pct": change_pct(points, "consume_only_cpu_us_per_event"),

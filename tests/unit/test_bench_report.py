@@ -127,3 +127,20 @@ def test_sample_curve() -> None:
 
     curve = sample_curve([(0.5, 10), (1.5, 20)], [(1.2, 5), (2.2, 20)], 0.0)
     assert curve[:4] == [[0.0, 0, 0], [1.0, 10, 0], [2.0, 20, 5], [3.0, 20, 20]]
+
+
+def test_warnings_name_failures_and_late_dead_letters() -> None:
+    from benchmarks.report import warnings
+
+    results = {
+        "modes": {"single": {"errors": ["reference: boom"],
+                             "pipeline": {"complete": False,
+                                          "counters": {"unexpected_dead_letters": 52102.0}}}},
+        "scaling": {"points": [{"n": 500_000, "complete": True,
+                                "unexpected_dead_letters": 7.0}]},
+    }
+    notes = warnings(results)
+    assert notes[0] == "single: reference: boom"
+    assert any("stalled" in n for n in notes)
+    assert any("52,102 events dead-lettered" in n for n in notes)
+    assert any(n.startswith("scaling N=500,000: 7 events") for n in notes)
