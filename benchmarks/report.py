@@ -230,7 +230,9 @@ def docs_section(results: dict[str, Any]) -> str:
         BEGIN,
         f"Last run: {results.get('finished_at', '?')} — N = {_fmt(params.get('n'))} events, "
         f"{_fmt(params.get('users'))} users, 6 types, 1% malformed, "
-        f"{_fmt(params.get('partitions'))} partitions per raw topic.",
+        f"{_fmt(params.get('partitions'))} partitions per raw topic; latency test "
+        f"{_fmt(params.get('latency_seconds'))} s at {_fmt(params.get('latency_load'))} of the "
+        "measured consume rate.",
         "",
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, {m.get('ram_gb')} GB RAM, "
         f"Python {m.get('python')}, Linux {m.get('kernel')}; {m.get('broker')}; {versions}.",
