@@ -58,6 +58,9 @@ class Flusher:
     partials_partitions: int
     add_user_rows: Callable[[list[Row]], None]
     clock: Callable[[], float] = time.time
+    #: (topic, partition) -> has the worker processed everything the broker holds?  An
+    #: idle slot with a backlog is not idle: it is waiting for its fetch.
+    caught_up: Callable[[str, int], bool] = lambda topic, partition: True
     needs_rescan: bool = True
     #: user window keys whose final row every sink confirmed: safe to delete
     confirmed: set[str] = field(default_factory=set)
@@ -179,7 +182,8 @@ class Flusher:
             skey = slot_key(topic, partition)
             slot = agg.slot(topic, partition)
             last = agg.last_seen.get(skey, self.started_at)
-            if now_s - last >= self.idle_timeout_s and slot["idle"] < now_ms:
+            if (now_s - last >= self.idle_timeout_s and slot["idle"] < now_ms
+                    and self.caught_up(topic, partition)):
                 slot["idle"] = now_ms
                 self.state.set(partition, skey, slot)
                 agg.index[skey] = partition

@@ -88,6 +88,8 @@ class RawProcessor:
         self.aggregator = aggregator
         #: running totals for the progress log (metrics carry the labelled detail)
         self.totals = {"messages": 0, "consumed": 0, "valid": 0, "dead_lettered": 0}
+        #: (topic, partition) -> offset after the last message processed, valid or not
+        self.next_offsets: dict[tuple[str, int], int] = {}
 
     async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         """Process a batch; returns only once everything is accepted by ``out``."""
@@ -129,6 +131,11 @@ class RawProcessor:
             await self._enrich(valid, result, out, pending)
         for source, count in messages.items():
             self._metrics.messages.labels(source).inc(count)
+        next_offsets = self.next_offsets
+        for record in records:
+            tp = (record.topic, record.partition)
+            if record.offset >= next_offsets.get(tp, 0):
+                next_offsets[tp] = record.offset + 1
         # consumed last: a scrape mid-batch may see consumed lag, never valid + DL short
         for source, count in consumed.items():
             self._metrics.consumed.labels(source).inc(count)

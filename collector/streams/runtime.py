@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import mode
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from collector import app as _app
@@ -110,7 +111,7 @@ class Runtime(mode.Service):
             aggregator=self.aggregator, state=self.window_state, specs=self.specs,
             raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
             send_partial=self._send_partial, partials_partitions=kafka.partitions,
-            add_user_rows=self.sinks.add,
+            add_user_rows=self.sinks.add, caught_up=self.caught_up,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
         self.merger = Merger(
@@ -160,6 +161,21 @@ class Runtime(mode.Service):
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         self.metrics.window_closes.labels("merged").inc(merged["final"])
         return {"combiner": combined, "merger": merged}
+
+    def caught_up(self, topic: str, partition: int) -> bool:
+        """Whether every message of the partition up to the fetch high watermark has been
+        processed (or was committed before this assignment).  Unknown is not caught up."""
+        tp = TP(topic, partition)
+        consumer = self.app.consumer
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # not started, or the partition was just revoked
+            return False
+        if highwater is None:
+            return False
+        committed = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+        position = max(self.processor.next_offsets.get((topic, partition), 0), committed)
+        return position >= int(highwater)
 
     def on_rebalanced(self) -> None:
         self.flusher.needs_rescan = True

@@ -283,6 +283,29 @@ async def test_a_tick_reads_only_keys_that_have_something_to_send(specs: Specs) 
     assert closing not in loop.agg.state.data  # type: ignore[attr-defined]
 
 
+async def test_a_quiet_slot_with_a_backlog_is_not_closed_by_the_idle_timeout(
+    specs: Specs,
+) -> None:
+    """Idle means caught up and quiet.  A slot whose messages are still waiting to be
+    fetched (a backlog elsewhere took the consumer's time) must not close its windows
+    through wall-clock now: its older events would all become late."""
+    clock = Clock(T0 / 1000 + 10)
+    loop = Loop(specs, clock)
+    backlog = {("raw.web", 0)}
+    loop.flusher.caught_up = lambda topic, partition: (topic, partition) not in backlog
+    feed(loop, [("raw.web", 0, 1, event("u0", "click", T0 + 1_000))])
+    await loop.tick()
+    clock.now += 3600  # an hour without a single event from raw.web/0
+    await loop.tick()
+    lates = feed(loop, [("raw.web", 0, 2, event("u0", "click", T0 + 2_000))])
+    assert lates == []  # the backlog's events still count
+    backlog.clear()  # caught up: now quiet means idle
+    clock.now += 3600
+    await loop.tick()
+    lates = feed(loop, [("raw.web", 0, 3, event("u0", "click", T0 + 3_000))])
+    assert len(lates) == 1
+
+
 async def test_envelope_elements_share_an_offset_and_all_count(specs: Specs) -> None:
     clock = Clock(T0 / 1000 + 10)
     loop = Loop(specs, clock)
