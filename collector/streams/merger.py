@@ -89,6 +89,15 @@ class Merger:
         marks = self.marks.get(partition, {})
         return min((marks.get(slot, 0) for slot in self.expected_slots), default=0)
 
+    def _needs_visit(self, key: str, partition: int) -> bool:
+        """A clean key matters only when it turns final or expires (``m|table|…|ws``)."""
+        ws = int(key[key.rindex(SEP) + 1:])
+        spec = self.specs.for_table(key.split(SEP, 2)[1])
+        mark = self.close_mark(partition)
+        if key in self.final_sent:
+            return spec.is_closed(ws + self.expires_ms, mark)
+        return spec.is_closed(ws, mark)
+
     def tick(self, assigned: Collection[int]) -> dict[str, int]:
         if self.needs_rescan:
             self.rescan(assigned)
@@ -98,6 +107,8 @@ class Merger:
         for key, partition in list(self.index.items()):
             if partition not in assigned:
                 continue
+            if key not in dirty and not self._needs_visit(key, partition):
+                continue  # judged from the key alone: no store read
             entry = self.state.get(partition, key)
             if entry is None:
                 self.index.pop(key, None)

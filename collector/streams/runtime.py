@@ -157,10 +157,20 @@ class Runtime(mode.Service):
             return {"skipped": "rebalancing or recovering"}
         kafka = self.settings.kafka
         combined = await self.flusher.tick(self.owned(kafka.raw_topics))
-        merged = self.merger.tick({p for _, p in self.owned([kafka.partials_topic])})
+        merged = self.merge_tick()
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
-        self.metrics.window_closes.labels("merged").inc(merged["final"])
         return {"combiner": combined, "merger": merged}
+
+    def merge_tick(self) -> dict[str, int]:
+        """Emit merged rows that changed or became final.  Called by the flush timer and
+        after every batch of partials, so a merged row does not wait a whole flush
+        interval for the partials its own tick has just sent."""
+        if not self.ready_for_flush():
+            return {"skipped": 1}
+        owned = {p for _, p in self.owned([self.settings.kafka.partials_topic])}
+        merged = self.merger.tick(owned)
+        self.metrics.window_closes.labels("merged").inc(merged["final"])
+        return merged
 
     def caught_up(self, topic: str, partition: int) -> bool:
         """Whether every message of the partition up to the fetch high watermark has been

@@ -36,6 +36,10 @@ async def merge_partials(stream: faust.StreamT[bytes]) -> None:
             except Exception:  # our own records: a bad one is a bug, never a reason to stop
                 log.exception("bad partial at %s[%d]@%d", message.topic, message.partition,
                               message.offset)
+        try:
+            runtime.merge_tick()
+        except Exception:
+            log.exception("merge tick failed; the flush timer retries")
 
 
 @app.timer(interval=settings.windows.flush_interval_seconds, name="collector.flush_windows")
