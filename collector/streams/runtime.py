@@ -38,6 +38,10 @@ from collector.streams.tables import merged_table, state_table
 log = logging.getLogger(__name__)
 
 
+#: changelog records Faust may buffer before it throttles the streams (Faust: 100)
+CHANGELOG_BUFFER_MAX = 20_000
+
+
 class KafkaOutput:
     """Forwards records through the app's producer.
 
@@ -224,6 +228,13 @@ class Runtime(mode.Service):
             except Exception:
                 log.exception("observing lag failed; retrying next interval")
             await self.sleep(interval)
+
+    async def on_start(self) -> None:
+        # Faust stops handing messages to streams and drains its changelog buffer one
+        # record at a time (0.1 s waits) whenever it holds more than 100 records; one
+        # batch of ours writes a record per touched key, hundreds, so every batch was
+        # throttled and logged "producer buffer full".  Memory stays bounded by batches.
+        self.app.producer.buffer.max_messages = CHANGELOG_BUFFER_MAX
 
     async def on_stop(self) -> None:
         await self.sinks.flush_once()

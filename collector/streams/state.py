@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Protocol
 
 from faust.streams import _current_event
@@ -75,31 +74,39 @@ class FaustState:
         self.table = table
         self._topic = source_topic
         self._stand_ins: dict[int, _StandIn] = {}
+        self._refs: dict[int, weakref.ref[_StandIn]] = {}
 
-    @contextmanager
-    def _partition(self, partition: int) -> Iterator[None]:
-        stand_in = self._stand_ins.get(partition)
-        if stand_in is None:
+    def _stand_in(self, partition: int) -> weakref.ref[_StandIn]:
+        ref = self._refs.get(partition)
+        if ref is None:
             stand_in = self._stand_ins[partition] = _StandIn(self._topic, partition)
-        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+            ref = self._refs[partition] = weakref.ref(stand_in)
+        return ref
+
+    # get/set/delete set and reset the context variable inline: a @contextmanager costs
+    # ~1.9 µs per call against ~0.3 µs, and these run once per key and batch
+    def get(self, partition: int, key: str) -> dict[str, Any] | None:
+        token = _current_event.set(self._stand_in(partition))  # type: ignore[arg-type]
         try:
-            yield
+            value: dict[str, Any] | None = self.table.get(key)
+            return value
         finally:
             _current_event.reset(token)
 
-    def get(self, partition: int, key: str) -> dict[str, Any] | None:
-        with self._partition(partition):
-            value: dict[str, Any] | None = self.table.get(key)
-            return value
-
     def set(self, partition: int, key: str, value: dict[str, Any]) -> None:
-        with self._partition(partition):
+        token = _current_event.set(self._stand_in(partition))  # type: ignore[arg-type]
+        try:
             self.table[key] = value
+        finally:
+            _current_event.reset(token)
 
     def delete(self, partition: int, key: str) -> None:
-        with self._partition(partition):
+        token = _current_event.set(self._stand_in(partition))  # type: ignore[arg-type]
+        try:
             if key in self.table:
                 del self.table[key]
+        finally:
+            _current_event.reset(token)
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         token = _current_event.set(None)
