@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -207,22 +207,31 @@ def _params(request: web.Request) -> dict[str, str]:
     return dict(request.query)
 
 
+async def _stats_view(
+    view: web.View, request: web.Request, parse: Callable[[], ql.Query]
+) -> web.Response:
+    """Auth, parameters (400), scatter-gather (503 while a partition is unavailable)."""
+    denied = _denied(view, request)
+    if denied is not None:
+        return denied
+    try:
+        return await answer_stats(view, request, parse())
+    except ql.ParamError as exc:
+        return view.json(exc.body(), status=400)
+    except Unavailable as exc:
+        return _unavailable(view, exc)
+
+
 @blueprint.route("/api/v1/stats/events", name="stats_events")
 class EventStatsView(web.View):
     """event_stats windows (per source and type) over a time range."""
 
     async def get(self, request: web.Request) -> web.Response:
-        denied = _denied(self, request)
-        if denied is not None:
-            return denied
-        try:
-            query = ql.parse_events(_params(request), settings.kafka.sources,
-                                    int(time.time() * 1000))
-            return await answer_stats(self, request, query)
-        except ql.ParamError as exc:
-            return self.json(exc.body(), status=400)
-        except Unavailable as exc:
-            return _unavailable(self, exc)
+        def parse() -> ql.Query:
+            return ql.parse_events(_params(request), settings.kafka.sources,
+                                   int(time.time() * 1000))
+
+        return await _stats_view(self, request, parse)
 
 
 @blueprint.route("/api/v1/segments", name="segments")
@@ -230,16 +239,10 @@ class SegmentsView(web.View):
     """segment_stats windows (per segment and country) over a time range."""
 
     async def get(self, request: web.Request) -> web.Response:
-        denied = _denied(self, request)
-        if denied is not None:
-            return denied
-        try:
-            query = ql.parse_segments(_params(request), int(time.time() * 1000))
-            return await answer_stats(self, request, query)
-        except ql.ParamError as exc:
-            return self.json(exc.body(), status=400)
-        except Unavailable as exc:
-            return _unavailable(self, exc)
+        def parse() -> ql.Query:
+            return ql.parse_segments(_params(request), int(time.time() * 1000))
+
+        return await _stats_view(self, request, parse)
 
 
 @blueprint.route("/api/v1/users/{user_id}/activity", name="user_activity")
