@@ -272,6 +272,8 @@ async def test_enrichment_through_outages_recovery_and_updates(
             users,
             ready_s,
         )
+        ids = [orjson.loads(r.value or b"")["event_id"] for r in tap.enriched]
+        assert ids and len(ids) == len(set(ids)), "an event was forwarded twice"
     except BaseException:
         print(f"\n--- worker log (tail) ---\n{worker.text()[-6000:]}")
         raise

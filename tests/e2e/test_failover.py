@@ -228,6 +228,7 @@ async def test_worker_beyond_the_partition_count_idles_but_answers(
             return await exp.correct(a.port) and await exp.correct(b.port)
 
         await until(one_owner_both_correct, 120, "one owner, and both workers correct")
+        assert await exp.correct(a.port) and await exp.correct(b.port)
     finally:
         a.stop()
         b.stop()

@@ -270,7 +270,13 @@ async def test_aiokafka_accepts_both_option_sets(ca: tuple[Path, Path]) -> None:
         group_id="collector",
         **credentials_to_aiokafka_auth(broker_credentials(s)),
     )
-    await consumer.stop()
+    try:
+        client = consumer._client
+        assert (client._security_protocol, client._sasl_mechanism) == ("SASL_SSL",
+                                                                       "SCRAM-SHA-512")
+        assert client._ssl_context is not None
+    finally:
+        await consumer.stop()
 
 
 def test_sasl_needs_a_user_name() -> None:
