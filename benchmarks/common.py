@@ -11,15 +11,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from collector.config import Settings
-from collector.config.loader import load_settings
+from collector.config.loader import settings_for_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -64,24 +62,9 @@ def isolated_env(tag: str, workdir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def patched_environ(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def settings_for(env: dict[str, str]) -> Settings:
     """The settings a process started with ``env`` sees."""
-    with patched_environ(env):
-        return load_settings()
+    return settings_for_env(env)
 
 
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> str:

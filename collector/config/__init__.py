@@ -1,7 +1,12 @@
 """Settings for the whole system (a leaf package: it imports nothing else of collector)."""
 
 from collector.config.errors import SettingsError
-from collector.config.loader import env_name, load_settings, load_settings_or_exit
+from collector.config.loader import (
+    env_name,
+    load_settings,
+    load_settings_or_exit,
+    settings_for_env,
+)
 from collector.config.settings import (
     AppSettings,
     InfluxSettings,
@@ -28,4 +33,5 @@ __all__ = [
     "env_name",
     "load_settings",
     "load_settings_or_exit",
+    "settings_for_env",
 ]

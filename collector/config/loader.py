@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -50,6 +52,24 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
+
+
+def settings_for_env(env: Mapping[str, str]) -> Settings:
+    """The settings a child process started with ``env`` added to ours will load.
+
+    For tools that start workers (tests, benchmarks): they need the same view of topics,
+    ports and stores.  ``os.environ`` is patched for the call only and restored.
+    """
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return load_settings()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def load_settings_or_exit(**overrides: Any) -> Settings:

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.sinks import Row
-from collector.streams.aggregator import Specs
+from collector.streams.aggregator import SEP, Specs
 from collector.streams.flusher import to_row
 from collector.streams.state import State
 from collector.streams.windows import combine
-
-SEP = "|"
 
 
 def merged_key(table: str, key: list[str], ws: int) -> str:

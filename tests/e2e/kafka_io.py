@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from collector.config import Settings, load_settings
+from collector.config import Settings, settings_for_env
 from collector.sources.kafka import client_kwargs
-
-
-@contextmanager
-def _environ(env: dict[str, str]) -> Any:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def settings_for(env: dict[str, str]) -> Settings:
     """The settings a worker started with ``env`` sees."""
-    with _environ(env):
-        return load_settings()
+    return settings_for_env(env)
 
 
 async def produce(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:

@@ -153,3 +153,16 @@ def test_bad_setting_stops_the_worker_with_status_2() -> None:
     assert proc.returncode == 2
     assert "kafka.partitions" in proc.stderr
     assert "COLLECTOR_KAFKA__PARTITIONS" in proc.stderr
+
+
+def test_settings_for_env_sees_the_child_env_and_restores_ours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collector.config import settings_for_env
+
+    monkeypatch.setenv("COLLECTOR_KAFKA__PARTITIONS", "3")
+    monkeypatch.delenv("COLLECTOR_WEB__PORT", raising=False)
+    got = settings_for_env({"COLLECTOR_KAFKA__PARTITIONS": "8", "COLLECTOR_WEB__PORT": "18123"})
+    assert (got.kafka.partitions, got.web.port) == (8, 18123)
+    assert os.environ["COLLECTOR_KAFKA__PARTITIONS"] == "3"
+    assert "COLLECTOR_WEB__PORT" not in os.environ
