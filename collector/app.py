@@ -47,6 +47,8 @@ class CollectorApp(faust.App):
 
     #: use collector.transport.highwater (fetch-verified high watermarks for recovery)
     verify_highwaters: bool = False
+    #: hand messages to streams without a wait_first per message (collector.transport)
+    lean_handoff: bool = True
     #: bound on the producer flush at shutdown (Faust waits up to producer_request_timeout)
     shutdown_flush_timeout: float = 30.0
 
@@ -71,11 +73,10 @@ class CollectorApp(faust.App):
             asyncio.get_running_loop().call_later(timeout, _hard_exit, logger)
 
     def _new_transport(self) -> Any:
-        if self.verify_highwaters:
-            # by name: app.py stays the leaf of collector's import graph
-            transport_cls: Any = symbol_by_name("collector.transport.highwater:Transport")
-            return transport_cls(self.conf.broker_consumer, self)
-        return super()._new_transport()
+        # by name: app.py stays the leaf of collector's import graph
+        module = "highwater" if self.verify_highwaters else "handoff"
+        transport_cls: Any = symbol_by_name(f"collector.transport.{module}:Transport")
+        return transport_cls(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Any:
         if self.conf.web.scheme == "aiohttp":
@@ -152,5 +153,6 @@ def create_app(settings: Settings) -> faust.App:
     """A configured, not yet started, Faust app."""
     app = CollectorApp(settings.app.id, **faust_options(settings))
     app.verify_highwaters = settings.kafka.verify_highwaters
+    app.lean_handoff = settings.kafka.lean_handoff
     app.shutdown_flush_timeout = settings.kafka.shutdown_flush_timeout
     return app

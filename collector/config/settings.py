@@ -93,6 +93,11 @@ class KafkaSettings(_Section):
         description="At shutdown, wait at most this long (s) for the producer to deliver "
         "its buffer; with the broker down a worker would otherwise not stop for 20 min.",
     )
+    lean_handoff: bool = Field(
+        default=True,
+        description="Hand each fetched message to its stream without Faust's per-message "
+        "wait_first (4 tasks); a delivery that would block still waits interruptibly.",
+    )
     verify_highwaters: bool = Field(
         default=True,
         description="Check ListOffsets(latest) against fetch high watermarks before table "

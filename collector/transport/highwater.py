@@ -21,6 +21,8 @@ from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from collector.transport.handoff import LeanHandoffConsumer
+
 log = logging.getLogger(__name__)
 
 FETCH_LIMIT_S = 5.0
@@ -63,8 +65,8 @@ async def fetch_highwaters(
     return result
 
 
-class Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, with fetch-verified high watermarks."""
+class Consumer(LeanHandoffConsumer):
+    """The lean hand-off consumer, with fetch-verified high watermarks."""
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         reported = await super().highwaters(*partitions)
@@ -83,6 +85,7 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Transport(faust_aiokafka.Transport):
-    """The aiokafka transport using :class:`Consumer`."""
+    """The aiokafka transport using :class:`Consumer` (lean hand-off + verified high
+    watermarks)."""
 
     Consumer = Consumer
