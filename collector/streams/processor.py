@@ -57,6 +57,10 @@ class Output(Protocol):
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None
     ) -> Awaitable[Any]: ...
 
+    async def send_many(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[Awaitable[Any]]: ...
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -232,7 +236,7 @@ class RawProcessor:
         profiles = await self._enricher.enrich_many({event["user_id"] for _, _, event in valid})
         outcomes: dict[str, int] = {}
         valid_by_source: dict[str, int] = {}
-        topic = self._kafka.enriched_topic
+        forward: list[tuple[bytes, bytes]] = []
         for record, source, event in valid:
             profile, outcome = profiles[event["user_id"]]
             event["segment"] = profile.segment
@@ -243,8 +247,9 @@ class RawProcessor:
             valid_by_source[source] = valid_by_source.get(source, 0) + 1
             result.enriched.append((record, event))
             if self._forward:
-                key = event["user_id"].encode()
-                pending.append(await out.send(topic, key, orjson.dumps(event), None))
+                forward.append((event["user_id"].encode(), orjson.dumps(event)))
+        if forward:
+            pending.extend(await out.send_many(self._kafka.enriched_topic, forward))
         for source, count in valid_by_source.items():
             self._metrics.valid.labels(source).inc(count)
         for name, count in outcomes.items():

@@ -6,7 +6,6 @@ so connections are closed on shutdown and nothing lives in bare module globals.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -30,7 +29,8 @@ from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
 from collector.streams.flusher import Flusher
 from collector.streams.merger import Merger
-from collector.streams.processor import Headers, RawProcessor
+from collector.streams.output import KafkaOutput
+from collector.streams.processor import RawProcessor
 from collector.streams.sinkhub import SinkHub
 from collector.streams.state import FaustState
 from collector.streams.tables import merged_table, state_table
@@ -40,36 +40,6 @@ log = logging.getLogger(__name__)
 
 #: changelog records Faust may buffer before it throttles the streams (Faust: 100)
 CHANGELOG_BUFFER_MAX = 20_000
-
-
-class KafkaOutput:
-    """Forwards records through the app's producer.
-
-    A send that fails is retried with backoff rather than raised: an exception in a
-    Faust agent acks the batch, which would lose it.  Blocking here is backpressure.
-    """
-
-    def __init__(self, app: faust.App, max_backoff: float = 5.0) -> None:
-        self._app = app
-        self._max_backoff = max_backoff
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
-        partition: int | None = None,
-    ) -> Awaitable[Any]:
-        delay = 0.1
-        while True:
-            try:
-                fut: Awaitable[Any] = await self._app.producer.send(
-                    topic, key, value, partition, None, headers
-                )
-                return fut
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # driver errors: broker down, buffer full, …
-                log.warning("producer send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
 
 
 class Runtime(mode.Service):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, cast
+from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -58,14 +58,17 @@ class Resumed:
 
 
 def start_delivery(
-    callback: Callable[[Any], Coroutine[Any, Any, Any]], message: Any
-) -> Resumed | None:
+    callback: Callable[[Any], Awaitable[Any]], message: Any
+) -> Awaitable[Any] | None:
     """Run ``callback(message)`` until it finishes (None) or first suspends (the rest).
 
     An exception raised before the first suspension propagates here, as it would from
-    ``await callback(message)``.
+    ``await callback(message)``.  A callback that returns some other awaitable than a
+    coroutine is returned as is, to be awaited the usual way.
     """
     coro = callback(message)
+    if not isinstance(coro, Coroutine):
+        return coro
     try:
         first = coro.send(None)
     except StopIteration:
@@ -126,8 +129,7 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
                             else:
                                 rest = start_delivery(callback, message)
                                 if rest is not None:
-                                    await self.wait_first(cast(Awaitable[Any], rest),
-                                                          self.suspend_flow.wait())
+                                    await self.wait_first(rest, self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r", offset)
