@@ -119,63 +119,68 @@ class Aggregator:
         absorbed: dict[str, int] = {}
         late: list[Late] = []
         specs = self.specs
-        for record, event in batch:
-            skey = slot_key(record.topic, record.partition)
-            if skey not in slots:
-                slot = self.slot(record.topic, record.partition)
-                slots[skey] = (record.partition, slot)
-                absorbed[skey] = slot["off"]
-            if record.offset <= absorbed[skey]:
-                # a replay after a restart: counted before, and judged late (or not) before;
-                # checking lateness again would dead-letter it a second time
-                self.replayed += 1
-                continue
-            slot = slots[skey][1]
-            closed_through = max(slot["wm"], slot["idle"])
-            ts, value = event["ts"], event.get("value")
-            missed: list[str] = []
-            errors: list[dict[str, str]] = []
+        try:
+            for record, event in batch:
+                skey = slot_key(record.topic, record.partition)
+                if skey not in slots:
+                    slot = self.slot(record.topic, record.partition)
+                    slots[skey] = (record.partition, slot)
+                    absorbed[skey] = slot["off"]
+                if record.offset <= absorbed[skey]:
+                    # a replay after a restart: counted before, and judged late (or not) before;
+                    # checking lateness again would dead-letter it a second time
+                    self.replayed += 1
+                    continue
+                slot = slots[skey][1]
+                closed_through = max(slot["wm"], slot["idle"])
+                ts, value = event["ts"], event.get("value")
+                missed: list[str] = []
+                errors: list[dict[str, str]] = []
 
-            ws = specs.event.newest_start(ts)
-            if specs.event.is_closed(ws, closed_through):
-                missed.append(EVENT_STATS)
-            else:
-                agg = self._partial(touched, EVENT_STATS, record, (event["source"], event["type"]),
-                                    ws)
-                if agg is not None:
-                    add_stats(agg, value, ts)
+                ws = specs.event.newest_start(ts)
+                if specs.event.is_closed(ws, closed_through):
+                    missed.append(EVENT_STATS)
+                else:
+                    agg = self._partial(touched, EVENT_STATS, record,
+                                        (event["source"], event["type"]), ws)
+                    if agg is not None:
+                        add_stats(agg, value, ts)
 
-            if specs.user.is_closed(ws, closed_through):
-                missed.append(USER_ACTIVITY)
-            else:
-                agg = self._user(touched, record, event["user_id"], ws)
-                if agg is not None:
-                    add_activity(agg, event["type"], ts)
+                if specs.user.is_closed(ws, closed_through):
+                    missed.append(USER_ACTIVITY)
+                else:
+                    agg = self._user(touched, record, event["user_id"], ws)
+                    if agg is not None:
+                        add_activity(agg, event["type"], ts)
 
-            newest = specs.segment.newest_start(ts)
-            if specs.segment.is_closed(newest, closed_through):
-                missed.append(SEGMENT_STATS)
-            else:
-                seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
-                for start in specs.segment.starts(ts):
-                    if not specs.segment.is_closed(start, closed_through):
-                        agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
-                        if agg is not None:
-                            add_segment(agg, value, ts)
-            if missed:
-                for table in missed:
-                    spec = specs.for_table(table)
-                    start = spec.newest_start(ts)
-                    errors.append({"loc": table, "msg": (
-                        f"window [{start}, {spec.end(start)}) ms closed: watermark "
-                        f"{closed_through} ms passed its end + grace {spec.grace_ms} ms")})
-                late.append(Late(record, event, errors, missed))
-            if ts > slot["wm"]:
-                slot["wm"] = ts
-            if record.offset > slot["off"]:
-                slot["off"] = record.offset
-            self.last_seen[skey] = now
-        self._write(touched, slots)
+                newest = specs.segment.newest_start(ts)
+                if specs.segment.is_closed(newest, closed_through):
+                    missed.append(SEGMENT_STATS)
+                else:
+                    seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
+                    for start in specs.segment.starts(ts):
+                        if not specs.segment.is_closed(start, closed_through):
+                            agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
+                            if agg is not None:
+                                add_segment(agg, value, ts)
+                if missed:
+                    for table in missed:
+                        spec = specs.for_table(table)
+                        start = spec.newest_start(ts)
+                        errors.append({"loc": table, "msg": (
+                            f"window [{start}, {spec.end(start)}) ms closed: watermark "
+                            f"{closed_through} ms passed its end + grace {spec.grace_ms} ms")})
+                    late.append(Late(record, event, errors, missed))
+                if ts > slot["wm"]:
+                    slot["wm"] = ts
+                if record.offset > slot["off"]:
+                    slot["off"] = record.offset
+                self.last_seen[skey] = now
+        finally:
+            # also when an event raised half-way: every touched value was changed in
+            # place (it may be the state's cached object) and carries the offsets it
+            # absorbed, so writing it keeps state and offset guards consistent
+            self._write(touched, slots)
         return late
 
     def _partial(

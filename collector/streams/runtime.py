@@ -88,8 +88,9 @@ class Runtime(mode.Service):
             add_user_rows=self.sinks.add, caught_up=self.caught_up,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
+        self.merger_state = FaustState(merged_table, kafka.partials_topic)
         self.merger = Merger(
-            state=FaustState(merged_table, kafka.partials_topic), specs=self.specs,
+            state=self.merger_state, specs=self.specs,
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
             add_rows=self.sinks.add, expires_ms=windows.expires_seconds * 1000,
         )
@@ -161,7 +162,13 @@ class Runtime(mode.Service):
         position = max(self.processor.next_offsets.get((topic, partition), 0), committed)
         return position >= int(highwater)
 
+    def on_rebalance(self) -> None:
+        """Partitions were revoked or assigned: recovery may rewrite the stores."""
+        self.window_state.invalidate()
+        self.merger_state.invalidate()
+
     def on_rebalanced(self) -> None:
+        self.on_rebalance()
         self.flusher.needs_rescan = True
         self.merger.needs_rescan = True
 

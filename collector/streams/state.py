@@ -5,6 +5,12 @@ In a ``take()`` batch that is the batch's last event, and in a timer there is no
 every write here names its partition explicitly: :class:`FaustState` sets the current
 event to a stand-in for that partition around each write.  :class:`DictState` is the
 same interface over a dict, for unit tests.
+
+:class:`FaustState` also keeps the values it wrote (write-through): the aggregator reads
+each touched window back on the next batch, and a RocksDB read plus JSON decode cost
+about 7% of the worker's CPU with one event per message.  Only our own writes are
+cached, never a read, because changelog recovery writes the store behind our back; and
+the owner clears the cache on every rebalance, before that recovery starts.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from faust.streams import _current_event
+
+#: cached values per FaustState before the cache starts over (about 1 KB each)
+CACHE_MAX = 500_000
 
 
 class State(Protocol):
@@ -70,11 +79,18 @@ class _StandIn:
 class FaustState:
     """:class:`State` over a Faust table whose changelog is co-partitioned with a topic."""
 
-    def __init__(self, table: Any, source_topic: str) -> None:
+    def __init__(self, table: Any, source_topic: str, cache_max: int = CACHE_MAX) -> None:
         self.table = table
         self._topic = source_topic
         self._stand_ins: dict[int, _StandIn] = {}
         self._refs: dict[int, weakref.ref[_StandIn]] = {}
+        #: key -> the value last written through this object (0 disables the cache)
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._cache_max = cache_max
+
+    def invalidate(self) -> None:
+        """Forget cached values: call on rebalance, before changelog recovery writes."""
+        self._cache.clear()
 
     def _stand_in(self, partition: int) -> weakref.ref[_StandIn]:
         ref = self._refs.get(partition)
@@ -86,6 +102,9 @@ class FaustState:
     # get/set/delete set and reset the context variable inline: a @contextmanager costs
     # ~1.9 µs per call against ~0.3 µs, and these run once per key and batch
     def get(self, partition: int, key: str) -> dict[str, Any] | None:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         token = _current_event.set(self._stand_in(partition))  # type: ignore[arg-type]
         try:
             value: dict[str, Any] | None = self.table.get(key)
@@ -99,8 +118,14 @@ class FaustState:
             self.table[key] = value
         finally:
             _current_event.reset(token)
+        if self._cache_max:
+            cache = self._cache
+            if len(cache) >= self._cache_max and key not in cache:
+                cache.clear()  # crude bound: the next reads go to the store once
+            cache[key] = value
 
     def delete(self, partition: int, key: str) -> None:
+        self._cache.pop(key, None)
         token = _current_event.set(self._stand_in(partition))  # type: ignore[arg-type]
         try:
             if key in self.table:

@@ -51,6 +51,11 @@ async def flush_windows() -> None:
         log.exception("window flush failed; retrying next tick")
 
 
+@app.on_partitions_revoked.connect  # type: ignore[misc,arg-type]
+async def _forget_cached_state(sender: Any, revoked: Any = None, **kwargs: Any) -> None:
+    runtime.on_rebalance()
+
+
 @app.on_partitions_assigned.connect  # type: ignore[misc,arg-type]
 async def _rescan_after_rebalance(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
     runtime.on_rebalanced()
