@@ -237,6 +237,11 @@ class WindowSettings(_Section):
         default=30.0, gt=0, description="Wall-clock quiet time after which windows close."
     )
     flush_interval_seconds: float = Field(default=5.0, gt=0, description="Sink flush period.")
+    flush_after_backlog_seconds: float = Field(
+        default=1.0, ge=0,
+        description="Flush at once when a backlog that lasted at least this long is "
+        "drained, instead of waiting for the next tick (0: only ticks).",
+    )
     expires_seconds: int = Field(default=3600, ge=60, description="How long tables keep windows.")
 
     @model_validator(mode="after")

@@ -46,6 +46,28 @@ def to_row(
 
 
 @dataclass
+class BacklogWatch:
+    """Says when to flush early: right after a backlog of at least ``threshold_s`` has
+    been drained, so its windows reach the sinks in about a second rather than up to a
+    flush interval later.  Traffic processed as it arrives is never a backlog, so steady
+    load keeps the timer's pace (and its batching of sink writes)."""
+
+    threshold_s: float
+    #: monotonic time since when the input has been behind (None: caught up)
+    behind_since: float | None = None
+
+    def drained(self, caught_up: bool, dirty: bool, now: float) -> bool:
+        if not self.threshold_s:
+            return False
+        if not caught_up:
+            if self.behind_since is None:
+                self.behind_since = now
+            return False
+        since, self.behind_since = self.behind_since, None
+        return dirty and since is not None and now - since >= self.threshold_s
+
+
+@dataclass
 class Flusher:
     """Owns the combiner side of one worker's flush cycle."""
 

@@ -51,3 +51,7 @@ async def process_raw(stream: faust.StreamT[bytes]) -> None:
             for e in events
         ]
         await rt.processor.process_safely(records, rt.output)
+        try:
+            rt.after_raw_batch()
+        except Exception:  # an early flush is an optimisation; never stop the agent
+            log.exception("checking for a drained backlog failed")

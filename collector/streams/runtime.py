@@ -6,6 +6,7 @@ so connections are closed on shutdown and nothing lives in bare module globals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -27,7 +28,7 @@ from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink, Row
 from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
-from collector.streams.flusher import Flusher
+from collector.streams.flusher import BacklogWatch, Flusher
 from collector.streams.merger import Merger
 from collector.streams.output import KafkaOutput
 from collector.streams.processor import RawProcessor
@@ -95,6 +96,9 @@ class Runtime(mode.Service):
             add_rows=self.sinks.add, expires_ms=windows.expires_seconds * 1000,
         )
         self.last_progress: dict[str, int] = {}
+        #: one flush at a time: the timer and the flush after a drained backlog
+        self._flush_lock = asyncio.Lock()
+        self.backlog = BacklogWatch(settings.windows.flush_after_backlog_seconds)
 
     async def _send_partial(
         self, key: bytes, value: bytes, partition: int | None
@@ -131,8 +135,9 @@ class Runtime(mode.Service):
         if not self.ready_for_flush():
             return {"skipped": "rebalancing or recovering"}
         kafka = self.settings.kafka
-        combined = await self.flusher.tick(self.owned(kafka.raw_topics))
-        merged = self.merge_tick()
+        async with self._flush_lock:
+            combined = await self.flusher.tick(self.owned(kafka.raw_topics))
+            merged = self.merge_tick()
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         return {"combiner": combined, "merger": merged}
 
@@ -146,6 +151,21 @@ class Runtime(mode.Service):
         merged = self.merger.tick(owned)
         self.metrics.window_closes.labels("merged").inc(merged["final"])
         return merged
+
+    def after_raw_batch(self) -> bool:
+        """Start a flush if a backlog was just drained (see :class:`BacklogWatch`)."""
+        owned = self.owned(self.settings.kafka.raw_topics)
+        caught_up = all(self.caught_up(topic, partition) for topic, partition in owned)
+        if self.backlog.drained(caught_up, bool(self.aggregator.dirty), time.monotonic()):
+            self.add_future(self._flush_quietly())
+            return True
+        return False
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush_windows()
+        except Exception:
+            log.exception("flush after a drained backlog failed; the timer retries")
 
     def caught_up(self, topic: str, partition: int) -> bool:
         """Whether every message of the partition up to the fetch high watermark has been

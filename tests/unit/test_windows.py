@@ -364,3 +364,25 @@ async def test_old_windows_get_their_final_row_before_they_expire(specs: Specs) 
     assert stats["final"] == 1 and rows[-1].final and rows[-1].values["count"] == 2
     assert merger.tick({0})["deleted"] == 1
     assert merger.index == {}
+
+
+def test_backlog_watch_flushes_once_after_a_drained_backlog() -> None:
+    from collector.streams.flusher import BacklogWatch
+
+    watch = BacklogWatch(1.0)
+    # steady traffic: caught up after every batch, never early
+    assert not any(watch.drained(True, True, t / 10) for t in range(50))
+    # a backlog for 0.5 s is too short to matter
+    assert not watch.drained(False, True, 10.0)
+    assert not watch.drained(True, True, 10.5)
+    # a backlog for 2 s: one flush when drained, and only with something to flush
+    assert not watch.drained(False, True, 20.0)
+    assert not watch.drained(False, True, 21.0)
+    assert watch.drained(True, True, 22.0)
+    assert not watch.drained(True, True, 22.1)
+    assert not watch.drained(False, False, 30.0)
+    assert not watch.drained(True, False, 32.0)
+    assert not BacklogWatch(0).drained(True, True, 1.0)  # disabled
+    never = BacklogWatch(0)
+    never.drained(False, True, 0.0)
+    assert not never.drained(True, True, 100.0)
