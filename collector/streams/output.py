@@ -1,6 +1,6 @@
 """Forwarding records to Kafka through the app's producer, with retries, and in bulk.
 
-``send_many`` is the hot path: the raw agent forwards every enriched event.  One
+``batches`` is the hot path: the raw agent forwards every enriched event.  One
 ``producer.send`` per record costs a metadata wait, a partitioner call and a future
 (about 17 of 39 µs per event with envelopes of 50, measured); appending to one record
 batch per partition and submitting each batch once costs a C-level append per record.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -57,38 +57,19 @@ class KafkaOutput:
             except Exception as exc:  # driver errors: broker down, buffer full, …
                 delay = await self._backoff(topic, exc, delay)
 
-    async def send_many(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]]
-    ) -> list[Awaitable[Any]]:
-        """Send keyed ``(key, value)`` records; one future per record batch.
+    async def batches(self, topic: str) -> Batches:
+        """A :class:`Batches` for keyed records to ``topic``.
 
-        Falls back to :meth:`send` per record when the producer is not the aiokafka one
-        (or not started) or the topic's partitions are unknown.
+        Per record sends when the producer is not the aiokafka one (or not started) or
+        the topic's partitions are unknown.
         """
         producer = getattr(self._app.producer, "_producer", None)
-        partitions = await self._partitioner(producer, topic) if producer is not None else None
-        if partitions is None:
-            return [await self.send(topic, key, value, None) for key, value in records]
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in records:
-            partition = partitions(key)
-            group = by_partition.get(partition)
-            if group is None:
-                by_partition[partition] = [(key, value)]
-            else:
-                group.append((key, value))
-        futures: list[Awaitable[Any]] = []
-        # the accumulator holds the codec as the record format's int attribute
+        partition_of = await self._partitioner(producer, topic) if producer is not None else None
+        if partition_of is None:
+            return Batches(topic, None, None, self)
         compression = producer._message_accumulator._compression_type  # type: ignore[union-attr]
-        for partition, group in by_partition.items():
-            batch = BatchBuilder(FORWARD_BATCH_BYTES, compression)
-            for key, value in group:
-                if batch.append(timestamp=None, key=key, value=value) is None:  # full
-                    futures.append(await self._send_batch(producer, batch, topic, partition))
-                    batch = BatchBuilder(FORWARD_BATCH_BYTES, compression)
-                    batch.append(timestamp=None, key=key, value=value)
-            futures.append(await self._send_batch(producer, batch, topic, partition))
-        return futures
+        return Batches(topic, partition_of,
+                       lambda: BatchBuilder(FORWARD_BATCH_BYTES, compression), self)
 
     async def _partitioner(self, producer: Any, topic: str) -> Any:
         """``key -> partition`` for ``topic`` as the producer would choose, cached."""
@@ -119,12 +100,12 @@ class KafkaOutput:
 
         return partition_of
 
-    async def _send_batch(
-        self, producer: Any, batch: BatchBuilder, topic: str, partition: int
-    ) -> Awaitable[Any]:
+    async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
+                         ) -> Awaitable[Any]:
         delay = 0.1
         while True:
             try:
+                producer = self._app.producer._producer  # type: ignore[attr-defined]
                 fut: Awaitable[Any] = await producer.send_batch(batch, topic,
                                                                 partition=partition)
                 return fut
@@ -137,3 +118,45 @@ class KafkaOutput:
         log.warning("producer send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
         await asyncio.sleep(delay)
         return min(delay * 2, self._max_backoff)
+
+
+class Batches:
+    """Records appended as they are produced, one open record batch per partition.
+
+    ``add`` copies the record into its batch at once, so the caller's bytes can be
+    freed right away: keeping 100k freshly serialized values alive until one bulk
+    send cost 3-5 µs per record in allocations, against 0.5 µs appended at once.
+    """
+
+    def __init__(self, topic: str, partition_of: Callable[[bytes], int] | None,
+                 new_batch: Callable[[], BatchBuilder] | None, output: KafkaOutput) -> None:
+        self._topic = topic
+        self._partition_of = partition_of
+        self._new_batch = new_batch
+        self._output = output
+        self._open: dict[int, BatchBuilder] = {}
+        self._full: list[tuple[int, BatchBuilder]] = []
+        self._records: list[tuple[bytes, bytes]] = []  # fallback: one send each
+
+    def add(self, key: bytes, value: bytes) -> None:
+        if self._partition_of is None or self._new_batch is None:
+            self._records.append((key, value))
+            return
+        partition = self._partition_of(key)
+        batch = self._open.get(partition)
+        if batch is None:
+            batch = self._open[partition] = self._new_batch()
+        if batch.append(timestamp=None, key=key, value=value) is None:  # full
+            self._full.append((partition, batch))
+            batch = self._open[partition] = self._new_batch()
+            batch.append(timestamp=None, key=key, value=value)
+
+    async def submit(self) -> list[Awaitable[Any]]:
+        """Hand every batch to the producer (in order per partition); their futures."""
+        out, topic = self._output, self._topic
+        futures = [await out.send(topic, key, value, None) for key, value in self._records]
+        for partition, batch in [*self._full, *self._open.items()]:
+            batch.close()  # ours alone: aiokafka must not add other sends to it
+            futures.append(await out.send_batch(batch, topic, partition))
+        self._records, self._full, self._open = [], [], {}
+        return futures

@@ -57,9 +57,15 @@ class Output(Protocol):
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None
     ) -> Awaitable[Any]: ...
 
-    async def send_many(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]]
-    ) -> list[Awaitable[Any]]: ...
+    async def batches(self, topic: str) -> Batches: ...
+
+
+class Batches(Protocol):
+    """Keyed records collected into record batches, sent together."""
+
+    def add(self, key: bytes, value: bytes) -> None: ...
+
+    async def submit(self) -> list[Awaitable[Any]]: ...
 
 
 @dataclass(slots=True)
@@ -236,7 +242,7 @@ class RawProcessor:
         profiles = await self._enricher.enrich_many({event["user_id"] for _, _, event in valid})
         outcomes: dict[str, int] = {}
         valid_by_source: dict[str, int] = {}
-        forward: list[tuple[bytes, bytes]] = []
+        forward = await out.batches(self._kafka.enriched_topic) if self._forward else None
         for record, source, event in valid:
             profile, outcome = profiles[event["user_id"]]
             event["segment"] = profile.segment
@@ -246,10 +252,10 @@ class RawProcessor:
             outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
             valid_by_source[source] = valid_by_source.get(source, 0) + 1
             result.enriched.append((record, event))
-            if self._forward:
-                forward.append((event["user_id"].encode(), orjson.dumps(event)))
-        if forward:
-            pending.extend(await out.send_many(self._kafka.enriched_topic, forward))
+            if forward is not None:  # appended at once: see collector.streams.output
+                forward.add(event["user_id"].encode(), orjson.dumps(event))
+        if forward is not None:
+            pending.extend(await forward.submit())
         for source, count in valid_by_source.items():
             self._metrics.valid.labels(source).inc(count)
         for name, count in outcomes.items():

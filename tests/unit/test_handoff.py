@@ -135,3 +135,11 @@ def test_the_worker_transports_use_the_lean_consumer() -> None:
 
     assert handoff.Transport.Consumer is LeanHandoffConsumer
     assert issubclass(highwater.Transport.Consumer, LeanHandoffConsumer)
+
+
+async def test_a_callback_returning_a_plain_awaitable_is_awaited_as_usual() -> None:
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    rest = start_delivery(lambda _: fut, None)
+    assert rest is fut
+    fut.set_result("ok")
+    assert await rest == "ok"
