@@ -133,6 +133,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": kafka.rebalance_timeout,
         "broker_commit_interval": kafka.commit_interval,
         "broker_max_poll_records": kafka.max_poll_records,
+        "stream_buffer_maxsize": kafka.stream_buffer_maxsize,
         "producer_linger": kafka.producer_linger,
         "consumer_auto_offset_reset": "earliest",
         "web_bind": web.host,

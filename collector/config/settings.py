@@ -93,6 +93,11 @@ class KafkaSettings(_Section):
         description="At shutdown, wait at most this long (s) for the producer to deliver "
         "its buffer; with the broker down a worker would otherwise not stop for 20 min.",
     )
+    stream_buffer_maxsize: int = Field(
+        default=4096, ge=1,
+        description="Messages buffered per partition before a stream's delivery waits "
+        "(Faust's stream_buffer_maxsize).",
+    )
     lean_handoff: bool = Field(
         default=True,
         description="Hand each fetched message to its stream without Faust's per-message "

@@ -103,6 +103,7 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
+        delivered = waited = 0  # logged at the end: shows how often the slow path ran
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_fetching)
@@ -123,12 +124,15 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
+                            delivered += 1
                             if suspended():
+                                waited += 1
                                 await self.wait_first(callback(message),
                                                       self.suspend_flow.wait())
                             else:
                                 rest = start_delivery(callback, message)
                                 if rest is not None:
+                                    waited += 1
                                     await self.wait_first(rest, self.suspend_flow.wait())
                             set_read_offset(tp, offset)
                         else:
@@ -149,6 +153,8 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(flag_fetching)
+            self.log.info("lean hand-off: %d messages delivered, %d waited (buffer full or "
+                          "flow suspended)", delivered, waited)
 
 
 
