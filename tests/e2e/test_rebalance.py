@@ -49,6 +49,8 @@ async def test_worker_joins_while_the_stream_buffer_is_full(
     migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
     tag = "r" + uuid.uuid4().hex[:8]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
     env_a = isolated_env(tmp_path / "a", **SMALL_ENV, COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
                          COLLECTOR_INFLUX__DATABASE=f"{tag}db",
                          COLLECTOR_KAFKA__STREAM_BUFFER_MAXSIZE="4")
