@@ -164,10 +164,12 @@ def code_version() -> dict[str, Any]:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               check=False)
-        return done.stdout.strip()
+        return done.stdout
 
+    # porcelain lines are "XY path": strip only the newline, the leading space is X
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "collector").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_collector_files": dirty}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(),
+            "uncommitted_collector_files": dirty}
 
 
 def load_average() -> list[float]:
