@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 
 from collector.config import Settings
-from collector.sources.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
-from tests.e2e.sinks_io import influx_create_db, mysql_rows
-from tests.e2e.test_windows_e2e import seed_users
+from tests.e2e.sinks_io import mysql_rows
 from tests.e2e.test_windows_robust import (
     SMALL,
     SMALL_ENV,
@@ -33,6 +31,7 @@ from tests.e2e.test_windows_robust import (
     metric,
     metrics,
     over_counts,
+    prepare_stream,
     report,
     start,
     stream,
@@ -57,11 +56,7 @@ async def test_worker_joins_while_the_stream_buffer_is_full(
     env_b = {**env_a, "COLLECTOR_WEB__PORT": str(free_port()),
              "COLLECTOR_APP__DATADIR": str(tmp_path / "b" / "faust")}
     settings = settings_for(env_a)
-    await ensure_topics(settings)
-    await influx_create_db(settings)
-    users = [f"{tag}u{i}" for i in range(24)]
-    segments = {u: (f"{tag}s{i % 3}", ["DE", "FR"][i % 2]) for i, u in enumerate(users)}
-    await seed_users(settings, segments)
+    users, segments = await prepare_stream(settings, tag, 24)
     first = await start(worker_factory(env_a, "first"))
     second = worker_factory(env_b, "second")
     lo = int(time.time() * 1000) - 60_000

@@ -620,6 +620,17 @@ def over_counts(rows: dict[Ident, tuple[dict[str, Any], bool]], expected: Expect
     return over, wrong
 
 
+async def prepare_stream(settings: Settings, tag: str, user_count: int
+                         ) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Topics, the Influx database and ``user_count`` seeded users for :func:`stream`."""
+    await ensure_topics(settings)
+    await influx_create_db(settings)
+    users = [f"{tag}u{i}" for i in range(user_count)]
+    segments = {u: (f"{tag}s{i % 3}", ["DE", "FR"][i % 2]) for i, u in enumerate(users)}
+    await seed_users(settings, segments)
+    return users, segments
+
+
 async def crash_run(
     tmp_path: Path, worker_factory: Callable[..., Worker], settings_env: dict[str, str],
     *, kill_after: int = 7, batches: int = 20, pace_s: float = 0.3,
@@ -629,11 +640,7 @@ async def crash_run(
     env = settings_env
     tag = env["COLLECTOR_KAFKA__SOURCES"][:9]
     settings = settings_for(env)
-    await ensure_topics(settings)
-    await influx_create_db(settings)
-    users = [f"{tag}u{i}" for i in range(8)]
-    segments = {u: (f"{tag}s{i % 3}", ["DE", "FR"][i % 2]) for i, u in enumerate(users)}
-    await seed_users(settings, segments)
+    users, segments = await prepare_stream(settings, tag, 8)
     first = await start(worker_factory(env, "before-crash"))
     lo = int(time.time() * 1000) - 60_000
     timing: dict[str, Any] = {}
