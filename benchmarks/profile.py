@@ -8,6 +8,7 @@ paused), so a share of samples may fail; shares are of the samples taken.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 from collections import Counter
@@ -87,7 +88,8 @@ class Profiler:
             return
         self.proc = await asyncio.create_subprocess_exec(
             str(PY_SPY), "record", "-p", str(self.pid), "-d", str(int(self.seconds)),
-            "-r", str(self.rate), "-f", "raw", "-o", str(self.out), "--nonblocking",
+            "-r", str(self.rate), "-f", "raw", "-o", str(self.out),
+            *([] if os.environ.get("BENCH_PROFILE_BLOCKING") == "1" else ["--nonblocking"]),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
 

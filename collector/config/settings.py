@@ -93,6 +93,11 @@ class KafkaSettings(_Section):
         description="At shutdown, wait at most this long (s) for the producer to deliver "
         "its buffer; with the broker down a worker would otherwise not stop for 20 min.",
     )
+    bulk_changelog: bool = Field(
+        default=True,
+        description="Send window state changelog records as one record batch per "
+        "partition and processing batch; false: Faust's one send per key (slower).",
+    )
     stream_buffer_maxsize: int = Field(
         default=4096, ge=1,
         description="Messages buffered per partition before a stream's delivery waits "

@@ -13,7 +13,7 @@ has absorbed (per topic for user windows) and skips anything at or below it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,10 @@ class Aggregator:
             # absorbed, so writing it keeps state and offset guards consistent
             self._write(touched, slots)
         return late
+
+    async def submit(self) -> list[Awaitable[Any]]:
+        """Send the changelog of what :meth:`apply` wrote; await before acking the batch."""
+        return await self.state.submit()
 
     def _partial(
         self, touched: dict[str, _Touched], table: str, record: RawRecord,

@@ -42,7 +42,7 @@ class KafkaOutput:
         self._partitions: dict[str, tuple[int, dict[bytes, int]]] = {}
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
         partition: int | None = None,
     ) -> Awaitable[Any]:
         delay = 0.1
@@ -136,13 +136,17 @@ class Batches:
         self._output = output
         self._open: dict[int, BatchBuilder] = {}
         self._full: list[tuple[int, BatchBuilder]] = []
-        self._records: list[tuple[bytes, bytes]] = []  # fallback: one send each
+        #: fallback: one send each
+        self._records: list[tuple[bytes, bytes | None, int | None]] = []
 
-    def add(self, key: bytes, value: bytes) -> None:
+    def add(self, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+        """Append a record; ``partition`` None means the key's (murmur2), and a ``value``
+        of None is a tombstone (changelogs)."""
         if self._partition_of is None or self._new_batch is None:
-            self._records.append((key, value))
+            self._records.append((key, value, partition))
             return
-        partition = self._partition_of(key)
+        if partition is None:
+            partition = self._partition_of(key)
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open[partition] = self._new_batch()
@@ -151,12 +155,37 @@ class Batches:
             batch = self._open[partition] = self._new_batch()
             batch.append(timestamp=None, key=key, value=value)
 
-    async def submit(self) -> list[Awaitable[Any]]:
-        """Hand every batch to the producer (in order per partition); their futures."""
+    async def submit(
+        self, on_delivered: Callable[[int, int], None] | None = None
+    ) -> list[Awaitable[Any]]:
+        """Hand every batch to the producer (in order per partition); their futures.
+
+        ``on_delivered(partition, last_offset)`` runs for each batch the broker acked.
+        """
         out, topic = self._output, self._topic
-        futures = [await out.send(topic, key, value, None) for key, value in self._records]
+        futures: list[Awaitable[Any]] = []
+        for key, value, partition in self._records:
+            fut = await out.send(topic, key, value, None, partition)
+            if on_delivered is not None:
+                _when_delivered(fut, on_delivered, 1)
+            futures.append(fut)
         for partition, batch in [*self._full, *self._open.items()]:
             batch.close()  # ours alone: aiokafka must not add other sends to it
-            futures.append(await out.send_batch(batch, topic, partition))
+            fut = await out.send_batch(batch, topic, partition)
+            if on_delivered is not None:
+                _when_delivered(fut, on_delivered, batch.record_count())
+            futures.append(fut)
         self._records, self._full, self._open = [], [], {}
         return futures
+
+
+def _when_delivered(fut: Any, on_delivered: Callable[[int, int], None], count: int) -> None:
+    """Call ``on_delivered(partition, offset of the last of count records)`` once acked."""
+
+    def done(f: asyncio.Future[Any]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return  # the awaiting caller sees the failure; nothing was persisted
+        meta = f.result()
+        on_delivered(meta.partition, meta.offset + count - 1)
+
+    fut.add_done_callback(done)

@@ -97,7 +97,8 @@ class RawProcessor:
         self._clock = clock
         self.aggregator = aggregator
         #: running totals for the progress log (metrics carry the labelled detail)
-        self.totals = {"messages": 0, "consumed": 0, "valid": 0, "dead_lettered": 0}
+        self.totals = {"batches": 0, "messages": 0, "consumed": 0, "valid": 0,
+                       "dead_lettered": 0}
         #: (topic, partition) -> offset after the last message processed, valid or not
         self.next_offsets: dict[tuple[str, int], int] = {}
 
@@ -158,6 +159,8 @@ class RawProcessor:
             for table, count in self.aggregator.updates.items():
                 if count > before.get(table, 0):
                     self._metrics.window_updates.labels(table).inc(count - before.get(table, 0))
+        if self.aggregator is not None:
+            pending.extend(await self.aggregator.submit())
         if pending:
             await asyncio.gather(*pending)
         return result
@@ -194,6 +197,7 @@ class RawProcessor:
 
     def _count(self, messages: int, result: BatchResult) -> None:
         totals = self.totals
+        totals["batches"] += 1
         totals["messages"] += messages
         totals["consumed"] += result.consumed
         totals["valid"] += len(result.enriched)

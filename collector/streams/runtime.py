@@ -72,7 +72,8 @@ class Runtime(mode.Service):
         self.output = KafkaOutput(app)
         kafka, windows = settings.kafka, settings.windows
         self.specs = Specs.from_settings(settings)
-        self.window_state = FaustState(state_table, kafka.raw_topics[0])
+        changelog = self.output if kafka.bulk_changelog else None
+        self.window_state = FaustState(state_table, kafka.raw_topics[0], output=changelog)
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
@@ -89,7 +90,7 @@ class Runtime(mode.Service):
             add_user_rows=self.sinks.add, caught_up=self.caught_up,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
-        self.merger_state = FaustState(merged_table, kafka.partials_topic)
+        self.merger_state = FaustState(merged_table, kafka.partials_topic, output=changelog)
         self.merger = Merger(
             state=self.merger_state, specs=self.specs,
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
@@ -138,6 +139,8 @@ class Runtime(mode.Service):
         async with self._flush_lock:
             combined = await self.flusher.tick(self.owned(kafka.raw_topics))
             merged = self.merge_tick()
+            await self.window_state.submit()
+            await self.merger_state.submit()
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         return {"combiner": combined, "merger": merged}
 

@@ -40,6 +40,8 @@ async def merge_partials(stream: faust.StreamT[bytes]) -> None:
             runtime.merge_tick()
         except Exception:
             log.exception("merge tick failed; the flush timer retries")
+        # in the producer before this batch is acked: a commit flushes the producer first
+        await runtime.merger_state.submit()
 
 
 @app.timer(interval=settings.windows.flush_interval_seconds, name="collector.flush_windows")
@@ -77,7 +79,10 @@ async def log_progress() -> None:
         f"{name} {'ok' if h.healthy else 'FAILING'} ({h.pending} pending)"
         for name, h in runtime.sinks.health().items()
     )
+    batches = totals["batches"] - last.get("batches", 0)
+    per_batch = (totals["messages"] - last.get("messages", 0)) / batches if batches else 0.0
     log.info(
-        "progress: %d events consumed (%.0f/s), %d valid, %d dead-lettered; sinks: %s",
-        totals["consumed"], rate, totals["valid"], totals["dead_lettered"], sinks,
+        "progress: %d events consumed (%.0f/s), %d valid, %d dead-lettered; "
+        "%.0f messages per batch; sinks: %s",
+        totals["consumed"], rate, totals["valid"], totals["dead_lettered"], per_batch, sinks,
     )

@@ -1,0 +1,157 @@
+"""FaustState's bulk changelog: the store at once, the changelog in record batches.
+
+A real Faust table over a real RocksDB store (rocksdict) in a temporary directory; only
+the producer is a recorder, so what would reach Kafka can be decoded and compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.structs import RecordMetadata
+from faust.types import TP
+
+from collector.streams.output import Batches
+from collector.streams.state import FaustState
+
+SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+
+
+class Producer:
+    """Stands in for KafkaOutput: real Batches, record batches kept, acks on demand."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, BatchBuilder, asyncio.Future[Any]]] = []
+        self.gate: asyncio.Event | None = None  # set: the next batches() waits for it
+
+    async def batches(self, topic: str) -> Batches:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate.wait()
+        return Batches(topic, lambda key: 0, lambda: BatchBuilder(1 << 20, 0),
+                       self)  # type: ignore[arg-type]
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
+                         ) -> Awaitable[Any]:
+        fut = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch, fut))
+        return fut
+
+    def records(self) -> list[tuple[int, bytes, bytes | None]]:
+        out = []
+        for _, partition, batch, _ in self.sent:
+            data = bytes(batch._build())
+            out.extend((partition, r.key, r.value) for r in DefaultRecordBatch(bytearray(data)))
+        return out
+
+    def ack(self, base_offset: int) -> None:
+        for topic, partition, _, fut in self.sent:
+            if not fut.done():
+                fut.set_result(RecordMetadata(topic, partition, TP(topic, partition),
+                                              base_offset, -1, None, -1))
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Any:
+    app = faust.App("state-changelog-test", store="rocksdb://", datadir=str(tmp_path))
+    return app.Table("state", default=None, partitions=4, schema=SCHEMA)
+
+
+def loads(table: Any, key: bytes, value: bytes | None) -> tuple[Any, Any]:
+    """Decode a changelog record the way recovery does (the table's serializers)."""
+    s = table.app.serializers
+    return (s.loads_key(table.key_type, key, serializer=table.key_serializer),
+            None if value is None else s.loads_value(table.value_type, value,
+                                                     serializer=table.value_serializer))
+
+
+async def test_writes_reach_the_store_at_once_and_the_changelog_on_submit(table: Any) -> None:
+    out = Producer()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    state.set(2, "a", {"n": 1})
+    state.set(3, "b", {"n": 2})
+    state.set(2, "a", {"n": 3})
+    state.delete(3, "b")
+    assert state.get(2, "a") == {"n": 3}  # read from RocksDB: the cache is off
+    assert state.get(3, "b") is None
+    assert out.sent == []  # nothing sent before submit
+    futures = await state.submit()
+    assert len(futures) == 2  # one record batch per partition
+    records = out.records()
+    assert sorted(p for p, _, _ in records) == [2, 2, 3, 3]
+    by_partition = [[loads(table, k, v) for p, k, v in records if p == part] for part in (2, 3)]
+    assert by_partition == [[("a", {"n": 1}), ("a", {"n": 3})],
+                            [("b", {"n": 2}), ("b", None)]], "write order kept per partition"
+    assert all(topic == table.changelog_topic.get_topic_name() for topic, *_ in out.sent)
+    assert await state.submit() == []  # nothing sent twice
+
+
+async def test_store_bytes_are_the_changelog_bytes(table: Any) -> None:
+    """Recovery into RocksDB writes changelog bytes verbatim: they must be the store's."""
+    out = Producer()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    state.set(1, "u|x|60000", {"agg": {"n": 2}, "offs": {"raw": 7}})
+    await state.submit()
+    [(partition, key, value)] = out.records()
+    db = table.data._db_for_partition(partition)
+    assert db[key] == value
+
+
+async def test_persisted_offset_is_the_last_record_of_each_acked_batch(table: Any) -> None:
+    out = Producer()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    for i in range(5):
+        state.set(1, f"k{i}", {"i": i})
+    await state.submit()
+    tp = TP(table.changelog_topic.get_topic_name(), 1)
+    assert table.data.persisted_offset(tp) is None  # not before the broker acked
+    out.ack(base_offset=40)
+    await asyncio.sleep(0)  # done callbacks run on the loop
+    assert table.data.persisted_offset(tp) == 44
+
+
+async def test_a_write_nobody_submits_is_sent_on_the_next_loop_iteration(table: Any) -> None:
+    out = Producer()
+    state = FaustState(table, "raw", output=out)
+    state.set(0, "k", {"n": 1})
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [loads(table, k, v) for _, k, v in out.records()] == [("k", {"n": 1})]
+
+
+async def test_concurrent_submits_keep_write_order(table: Any) -> None:
+    """A later submit must not overtake an earlier one still waiting on the producer."""
+    out = Producer()
+    gate = out.gate = asyncio.Event()
+    state = FaustState(table, "raw", output=out)
+    state.set(0, "k", {"n": 1})
+    first = asyncio.ensure_future(state.submit())
+    await asyncio.sleep(0)  # the first submit now waits in batches()
+    state.set(0, "k", {"n": 2})
+    second = asyncio.ensure_future(state.submit())  # its batches() would not wait
+    for _ in range(3):
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, second)
+    assert [loads(table, k, v)[1] for _, k, v in out.records()] == [{"n": 1}, {"n": 2}]
+
+
+async def test_without_an_output_writes_go_through_the_table(table: Any) -> None:
+    """kafka.bulk_changelog=false: Faust's own per-key path (here: nothing pending)."""
+    state = FaustState(table, "raw", cache_max=0)
+    table.changelog_topic.send_soon = lambda **kw: _Sent(kw["partition"])
+    state.set(1, "k", {"n": 1})
+    assert state.get(1, "k") == {"n": 1}
+    assert await state.submit() == []
+
+
+class _Sent:
+    def __init__(self, partition: int) -> None:
+        self.message = type("M", (), {"partition": partition})()
