@@ -51,6 +51,13 @@ class CollectorApp(faust.App):
     lean_handoff: bool = True
     #: bound on the producer flush at shutdown (Faust waits up to producer_request_timeout)
     shutdown_flush_timeout: float = 30.0
+    #: topic -> batch handler that bypasses the stream (collector.transport.handoff);
+    #: an instance attribute, set in __init__
+    direct_handlers: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct_handlers = {}
 
     def _on_autodiscovery_error(self, name: str) -> None:
         raise RuntimeError(f"collector: importing {name!r} failed; refusing to start")

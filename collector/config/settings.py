@@ -93,6 +93,11 @@ class KafkaSettings(_Section):
         description="At shutdown, wait at most this long (s) for the producer to deliver "
         "its buffer; with the broker down a worker would otherwise not stop for 20 min.",
     )
+    direct_delivery: bool = Field(
+        default=True,
+        description="Hand each fetch of raw messages to the processor as one batch, "
+        "past Faust's per-message stream; false: through the raw agent's stream.",
+    )
     bulk_changelog: bool = Field(
         default=True,
         description="Send window state changelog records as one record batch per "

@@ -39,6 +39,11 @@ class CachedPrometheusMonitor(PrometheusMonitor):
         self._child(m.messages_received_per_topics, tp.topic).inc()
         self._child(m.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
 
+    def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        """Per fetched message (Faust's getmany): the high watermark gauge, cached."""
+        Monitor.track_tp_end_offset(self, tp, offset)
+        self._child(self._metrics.topic_partition_end_offset, tp.topic, tp.partition).set(offset)
+
     def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
         state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
         m = self._metrics

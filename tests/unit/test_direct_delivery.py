@@ -1,0 +1,125 @@
+"""Direct delivery: a fetch's raw messages go to the handler as one list.
+
+The consumer's two methods run on a stand-in consumer: what matters is the bookkeeping
+Faust's rebalance and shutdown rely on.  Messages are tracked as unacked while the
+handler runs and acked only after it returns; a batch fetched before a rebalance
+(flow suspended, or an older generation) is neither handled nor tracked; and stopping
+the fetcher mid-batch does not cut the batch short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from collector.transport.handoff import LeanHandoffConsumer
+
+
+class Message:
+    def __init__(self, topic: str, offset: int, generation: int = 1) -> None:
+        self.topic, self.partition, self.offset = topic, 0, offset
+        self.tp = (topic, 0)
+        self.generation_id = generation
+        self.key, self.value = b"k", b"v"
+        self.tracked = False
+
+
+class Consumer:
+    """The attributes of a Faust consumer that direct delivery uses."""
+
+    def __init__(self, handlers: dict[str, Any]) -> None:
+        self.acked: list[Message] = []
+        self.sensed_in: list[int] = []
+        self.sensed_out: list[int] = []
+        self.suspend_flow = asyncio.Event()
+        self._unacked_messages: set[Message] = set()
+        active = asyncio.Event()
+        active.set()
+        self.app = SimpleNamespace(
+            direct_handlers=handlers, consumer_generation_id=1,
+            flow_control=SimpleNamespace(is_active=active.is_set),
+            sensors=SimpleNamespace(on_message_out=lambda tp, off, m: self.sensed_out.append(off)),
+        )
+
+    def _on_message_in(self, tp: Any, offset: int, message: Message) -> None:
+        self.sensed_in.append(offset)
+
+    def ack(self, message: Message) -> bool:
+        self._unacked_messages.discard(message)
+        self.acked.append(message)
+        return True
+
+    async def _handle_direct(self, handler: Any, messages: list[Message]) -> None:
+        await LeanHandoffConsumer._handle_direct(self, handler, messages)  # type: ignore[arg-type]
+
+    async def deliver(self, batch: list[Message]) -> None:
+        await LeanHandoffConsumer._deliver_direct(self, batch)  # type: ignore[arg-type]
+
+
+async def test_each_topic_gets_its_messages_as_one_list_acked_after_it_returns() -> None:
+    seen: dict[str, list[int]] = {}
+    consumer: Consumer
+
+    async def handle(messages: list[Message]) -> None:
+        seen[messages[0].topic] = [m.offset for m in messages]
+        assert consumer._unacked_messages >= set(messages), "tracked while processed"
+        assert consumer.acked == [] or messages[0].topic == "b"
+
+    consumer = Consumer({"a": handle, "b": handle})
+    batch = [Message("a", 0), Message("b", 5), Message("a", 1), Message("a", 2)]
+    await consumer.deliver(batch)
+    assert seen == {"a": [0, 1, 2], "b": [5]}
+    assert sorted(m.offset for m in consumer.acked) == [0, 1, 2, 5]
+    assert consumer._unacked_messages == set()
+    assert sorted(consumer.sensed_in) == sorted(consumer.sensed_out) == [0, 1, 2, 5]
+
+
+async def test_nothing_is_handled_or_tracked_while_the_flow_is_suspended() -> None:
+    calls: list[Any] = []
+
+    async def handle(messages: list[Message]) -> None:
+        calls.append(messages)
+
+    consumer = Consumer({"a": handle})
+    consumer.suspend_flow.set()  # a rebalance started after the fetch
+    await consumer.deliver([Message("a", 0)])
+    assert calls == [] and consumer._unacked_messages == set() and consumer.acked == []
+
+
+async def test_messages_of_an_older_generation_are_dropped() -> None:
+    got: list[int] = []
+
+    async def handle(messages: list[Message]) -> None:
+        got.extend(m.offset for m in messages)
+
+    consumer = Consumer({"a": handle})
+    consumer.app.consumer_generation_id = 2
+    await consumer.deliver([Message("a", 0, generation=1), Message("a", 1, generation=2)])
+    assert got == [1]
+    assert [m.offset for m in consumer.acked] == [1]
+    assert consumer._unacked_messages == set()
+
+
+async def test_stopping_the_fetcher_does_not_cut_a_batch_short() -> None:
+    release = asyncio.Event()
+    done: list[int] = []
+
+    async def handle(messages: list[Message]) -> None:
+        await release.wait()
+        done.extend(m.offset for m in messages)
+
+    consumer = Consumer({"a": handle})
+    fetcher = asyncio.ensure_future(consumer.deliver([Message("a", 0), Message("a", 1)]))
+    await asyncio.sleep(0.01)
+    fetcher.cancel()  # Faust stops the fetcher at shutdown, then waits for acks
+    with pytest.raises(asyncio.CancelledError):
+        await fetcher
+    assert len(consumer._unacked_messages) == 2  # wait_empty would wait for these
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert done == [0, 1]
+    assert consumer._unacked_messages == set()
