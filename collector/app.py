@@ -45,8 +45,6 @@ class CollectorApp(faust.App):
     broken module: a worker that consumes nothing while looking healthy.
     """
 
-    #: use collector.transport.highwater (fetch-verified high watermarks for recovery)
-    verify_highwaters: bool = False
     #: hand messages to streams without a wait_first per message (collector.transport)
     lean_handoff: bool = True
     #: bound on the producer flush at shutdown (Faust waits up to producer_request_timeout)
@@ -81,8 +79,7 @@ class CollectorApp(faust.App):
 
     def _new_transport(self) -> Any:
         # by name: app.py stays the leaf of collector's import graph
-        module = "highwater" if self.verify_highwaters else "handoff"
-        transport_cls: Any = symbol_by_name(f"collector.transport.{module}:Transport")
+        transport_cls: Any = symbol_by_name("collector.transport.handoff:Transport")
         return transport_cls(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Any:
@@ -160,7 +157,6 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> faust.App:
     """A configured, not yet started, Faust app."""
     app = CollectorApp(settings.app.id, **faust_options(settings))
-    app.verify_highwaters = settings.kafka.verify_highwaters
     app.lean_handoff = settings.kafka.lean_handoff
     app.shutdown_flush_timeout = settings.kafka.shutdown_flush_timeout
     return app

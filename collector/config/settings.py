@@ -75,12 +75,13 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=4, ge=1, le=1024, description="Partitions per topic.")
     replication_factor: int = Field(default=1, ge=1, le=16, description="Topic replication.")
     session_timeout: float = Field(
-        default=6.0,
+        default=45.0,
         gt=0,
-        description="Consumer session timeout (s). Fast for the dev broker; use 30-60 on Kafka.",
+        description="Consumer session timeout (s): how long a vanished worker keeps its "
+        "partitions (Kafka's client default; the broker allows 6 s to 30 min).",
     )
     heartbeat_interval: float = Field(
-        default=1.0, gt=0, description="Consumer heartbeat interval (s); keep < timeout/3."
+        default=3.0, gt=0, description="Consumer heartbeat interval (s); keep < timeout/3."
     )
     rebalance_timeout: float = Field(default=60.0, gt=0, description="Rebalance timeout (s).")
     commit_interval: float = Field(default=2.8, gt=0, description="Offset commit interval (s).")
@@ -112,11 +113,6 @@ class KafkaSettings(_Section):
         default=True,
         description="Hand each fetched message to its stream without Faust's per-message "
         "wait_first (4 tasks); a delivery that would block still waits interruptibly.",
-    )
-    verify_highwaters: bool = Field(
-        default=True,
-        description="Check ListOffsets(latest) against fetch high watermarks before table "
-        "recovery (the dev broker under-reports it).",
     )
 
     @field_validator("bootstrap_servers", "sources", mode="before")

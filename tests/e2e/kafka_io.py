@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings, settings_for_env
 from collector.sources.kafka import client_kwargs
@@ -50,3 +51,19 @@ async def read_until(
     finally:
         await consumer.stop()
     return records
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic``, asked of the broker.
+
+    A consumer's own metadata covers only what it subscribed to (Kafka answers a
+    Metadata request for no topics with none), so ``partitions_for_topic`` after
+    ``assign`` knows nothing yet.
+    """
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])

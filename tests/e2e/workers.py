@@ -30,6 +30,10 @@ def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
         "COLLECTOR_KAFKA__PARTIALS_TOPIC": f"t{tag}.partials",
         "COLLECTOR_REDIS__KEY_PREFIX": f"t{tag}:user:",
         "COLLECTOR_WEB__PORT": str(free_port()),
+        # A crashed worker's partitions move after the session timeout: 45 s by default,
+        # 8 s here so that the kill -9 scenarios stay quick (the broker's floor is 6 s).
+        "COLLECTOR_KAFKA__SESSION_TIMEOUT": "8",
+        "COLLECTOR_KAFKA__HEARTBEAT_INTERVAL": "1",
     }
     env.update(extra)
     return env

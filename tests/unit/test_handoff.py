@@ -130,11 +130,10 @@ async def test_a_blocked_delivery_is_interrupted_by_suspend_flow() -> None:
     assert queue.qsize() == 1 and queue.get_nowait() == 0  # the message was not put
 
 
-def test_the_worker_transports_use_the_lean_consumer() -> None:
-    from collector.transport import handoff, highwater
+def test_the_worker_transport_uses_the_lean_consumer() -> None:
+    from collector.transport import handoff
 
     assert handoff.Transport.Consumer is LeanHandoffConsumer
-    assert issubclass(highwater.Transport.Consumer, LeanHandoffConsumer)
 
 
 async def test_a_callback_returning_a_plain_awaitable_is_awaited_as_usual() -> None:

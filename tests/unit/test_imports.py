@@ -34,8 +34,8 @@ def test_agents_and_tables_are_registered() -> None:
 
 
 def test_transport_module_imports() -> None:
-    module = importlib.import_module("collector.transport.highwater")
-    assert collector.app.transport.Consumer is module.Consumer
+    module = importlib.import_module("collector.transport.handoff")
+    assert collector.app.transport.Consumer is module.LeanHandoffConsumer
 
 
 def test_autodiscovery_errors_are_fatal() -> None:

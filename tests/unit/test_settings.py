@@ -99,7 +99,7 @@ def test_missing_and_broken_ini_are_clear(tmp_path: Path, monkeypatch: pytest.Mo
     [
         ("COLLECTOR_KAFKA__BOOTSTRAP_SERVERS", "nohostport", "host:port"),
         ("COLLECTOR_KAFKA__SOURCES", "web,Web", "must match"),
-        ("COLLECTOR_KAFKA__HEARTBEAT_INTERVAL", "10", "heartbeat_interval"),
+        ("COLLECTOR_KAFKA__HEARTBEAT_INTERVAL", "50", "heartbeat_interval"),
         ("COLLECTOR_WINDOWS__HOPPING_STEP_SECONDS", "70", "multiple"),
         ("COLLECTOR_INFLUX__URL", "ftp://x", "http"),
         ("COLLECTOR_APP__STORE", "redis", "app.store"),

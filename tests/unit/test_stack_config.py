@@ -93,13 +93,37 @@ def test_influx_conf_is_toml_with_loopback_binds(stack_mod: ModuleType, custom: 
     assert conf["data"]["wal-dir"].startswith(str(stack_mod.LOCAL))
 
 
-def test_kafka_command(stack_mod: ModuleType, custom: Settings) -> None:
-    argv = stack_mod.command(_by_name(stack_mod, custom)["kafka"])
-    assert argv[1] == "broker"
-    assert "tcp://127.0.0.1:29999" in argv and "memory://tansu/" in argv
-    # Tansu has no config file: the recorded flags let ``up`` spot a daemon on old settings.
-    record = stack_mod.config_text(_by_name(stack_mod, custom)["kafka"], custom)
-    assert "--listener-url tcp://127.0.0.1:29999" in record
+def test_kafka_command_runs_the_pinned_broker_jars(
+    stack_mod: ModuleType, custom: Settings
+) -> None:
+    svc = _by_name(stack_mod, custom)["kafka"]
+    argv = stack_mod.command(svc)
+    assert argv[-2:] == ["kafka.Kafka", str(stack_mod.LOCAL / "kafka" / "kafka.conf")]
+    assert argv[argv.index("-cp") + 1] == f"{stack_mod.LOCAL / 'kafka' / 'lib'}/*"
+    assert "-Xmx512m" in argv
+    assert stack_mod.missing_packages(svc) == [] or set(stack_mod.missing_packages(svc)) <= {
+        "default-jre-headless", "maven"}
+
+
+def test_kafka_conf_is_one_kraft_node_on_loopback(stack_mod: ModuleType, custom: Settings) -> None:
+    svc = _by_name(stack_mod, custom)["kafka"]
+    lines = stack_mod.config_text(svc, custom).splitlines()
+    props = dict(line.split("=", 1) for line in lines)
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29999,CONTROLLER://127.0.0.1:30000"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29999"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:30000"
+    assert props["log.dirs"] == str(stack_mod.LOCAL / "kafka" / "data")
+    # one node: every internal topic must accept replication 1, or transactions fail
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["transaction.state.log.replication.factor"] == "1"
+    assert props["transaction.state.log.min.isr"] == "1"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+
+
+def test_kafka_version_is_pinned_in_the_pom(stack_mod: ModuleType) -> None:
+    major, minor, _patch = stack_mod.kafka_broker.version().split(".")
+    assert (int(major), int(minor)) >= (4, 1)
 
 
 def test_classify(stack_mod: ModuleType) -> None:
