@@ -109,6 +109,11 @@ class KafkaSettings(_Section):
         description="Messages buffered per partition before a stream's delivery waits "
         "(Faust's stream_buffer_maxsize).",
     )
+    reroute_misrouted: bool = Field(
+        default=True,
+        description="Produce a valid event that arrived on a partition its user_id does "
+        "not map to (murmur2) again to the right one, and count it there.",
+    )
     lean_handoff: bool = Field(
         default=True,
         description="Hand each fetched message to its stream without Faust's per-message "
@@ -243,9 +248,23 @@ class WindowSettings(_Section):
     tumbling_seconds: int = Field(default=60, ge=1, description="event_stats/user_activity size.")
     hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
     hopping_step_seconds: int = Field(default=60, ge=1, description="segment_stats advance.")
-    grace_seconds: int = Field(default=60, ge=0, description="Lateness allowed past window end.")
+    grace_seconds: int = Field(
+        default=60, ge=0,
+        description="Event time past a window's end before its row is written as final.",
+    )
+    allowed_lateness_seconds: int = Field(
+        default=3600, ge=0,
+        description="Event time past a window's end during which late events still update "
+        "it (a new revision of its row); later events are dead-lettered as late.",
+    )
+    dedupe_seconds: int = Field(
+        default=900, ge=0,
+        description="Event time past a window's end during which a repeated "
+        "(user_id, event_id) is recognised and not counted again (at most the lateness).",
+    )
     idle_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="Wall-clock quiet time after which windows close."
+        default=30.0, gt=0,
+        description="Wall-clock quiet time after which windows are emitted (never late).",
     )
     flush_interval_seconds: float = Field(default=5.0, gt=0, description="Sink flush period.")
     flush_after_backlog_seconds: float = Field(
@@ -253,7 +272,11 @@ class WindowSettings(_Section):
         description="Flush at once when a backlog that lasted at least this long is "
         "drained, instead of waiting for the next tick (0: only ticks).",
     )
-    expires_seconds: int = Field(default=3600, ge=60, description="How long tables keep windows.")
+    expires_seconds: int = Field(
+        default=7200, ge=60,
+        description="Wall-clock age of a window start after which its state is dropped; "
+        "events for it are then late. Must cover window + allowed lateness.",
+    )
 
     @model_validator(mode="after")
     def _hopping(self) -> WindowSettings:
@@ -261,6 +284,15 @@ class WindowSettings(_Section):
             raise ValueError("hopping_step_seconds must not exceed hopping_size_seconds")
         if self.hopping_size_seconds % self.hopping_step_seconds:
             raise ValueError("hopping_size_seconds must be a multiple of hopping_step_seconds")
+        if self.allowed_lateness_seconds < self.grace_seconds:
+            raise ValueError("allowed_lateness_seconds must be at least grace_seconds")
+        if self.dedupe_seconds > self.allowed_lateness_seconds:
+            raise ValueError("dedupe_seconds must not exceed allowed_lateness_seconds")
+        needed = (max(self.tumbling_seconds, self.hopping_size_seconds)
+                  + self.allowed_lateness_seconds)
+        if self.expires_seconds < needed:
+            raise ValueError(f"expires_seconds must cover the largest window plus "
+                             f"allowed_lateness_seconds (at least {needed})")
         return self
 
 

@@ -32,6 +32,16 @@ class Metrics:
             "events_dead_lettered", "Dead-letter records written", ["source", "reason"],
             namespace=ns, registry=registry,
         )
+        self.duplicates = Counter(
+            "events_duplicate", "Valid events not counted again: their (user_id, event_id) "
+            "was counted before (retries, replays)", ["source"],
+            namespace=ns, registry=registry,
+        )
+        self.rerouted = Counter(
+            "events_rerouted", "Valid events on a partition their user_id does not map to, "
+            "produced again to the right one (counted there)", ["source"],
+            namespace=ns, registry=registry,
+        )
         self.messages = Counter(
             "raw_messages", "Raw Kafka messages consumed", ["source"],
             namespace=ns, registry=registry,
@@ -52,7 +62,7 @@ class Metrics:
             "window_closes", "Windows closed", ["table"], namespace=ns, registry=registry
         )
         self.late_events = Counter(
-            "late_events", "Events past their window's grace", ["table"],
+            "late_events", "Events past their window's allowed lateness", ["table"],
             namespace=ns, registry=registry,
         )
         # sinks

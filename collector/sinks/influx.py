@@ -72,7 +72,7 @@ def to_point(row: Row) -> Point:
         point.field("count", int(v["count"])).field("sum", float(v["value_sum"]))
     else:
         raise ValueError(f"{row.table} rows are not written to InfluxDB")
-    point.field("final", bool(row.final))
+    point.field("final", bool(row.final)).field("revision", int(row.revision))
     return point.time(row.window_start_ms, WritePrecision.MS)
 
 

@@ -39,9 +39,10 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: Value columns per table (after the key columns), in INSERT order.
 VALUE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max"),
-    USER_ACTIVITY: ("count", "distinct_types", "types", "first_event_at", "last_event_at"),
-    SEGMENT_STATS: ("count", "value_sum"),
+    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max", "revision"),
+    USER_ACTIVITY: ("count", "distinct_types", "types", "first_event_at", "last_event_at",
+                    "revision"),
+    SEGMENT_STATS: ("count", "value_sum", "revision"),
 }
 
 #: Server errors caused by a row's data: permanent for that row, so bisect and reject.
@@ -105,8 +106,8 @@ def row_params(row: Row, updated_at: datetime) -> tuple[Any, ...]:
         raise ValueError(f"unknown table {row.table!r}")
     if len(row.key) != len(KEY_COLUMNS[row.table]):
         raise ValueError(f"{row.table} needs key {KEY_COLUMNS[row.table]}, got {row.key!r}")
-    return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values, row.final,
-            updated_at)
+    return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values,
+            int(row.revision), row.final, updated_at)
 
 
 def _opt_float(value: Any) -> float | None:

@@ -33,7 +33,8 @@ class Row:
     ``values`` per table: event_stats {count, value_count, value_sum, value_min|None,
     value_max|None}; user_activity {count, types (sorted distinct), first_ts, last_ts
     (UTC epoch ms)}; segment_stats {count, value_sum}.  ``latest_event_ms`` is the newest
-    event in the window, for the end-to-end latency metric.
+    event in the window, for the end-to-end latency metric.  ``revision`` counts the
+    corrections of a final row by late events (0: as first written final).
     """
 
     table: str
@@ -43,6 +44,7 @@ class Row:
     values: Mapping[str, Any] = field(hash=False)
     final: bool
     latest_event_ms: int
+    revision: int = 0
 
     @property
     def ident(self) -> Ident:

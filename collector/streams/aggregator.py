@@ -7,7 +7,10 @@ aggregate per key and window; the flusher forwards partials, never events, and t
 replaces a slot's partial instead of adding to it.
 
 Replays cannot double-count: every state entry remembers the highest input offset it
-has absorbed (per topic for user windows) and skips anything at or below it.
+has absorbed (per topic and partition for user windows) and skips anything at or below
+it.  Retries cannot either: a user window keeps the event ids it counted, for
+``windows.dedupe_seconds`` of event time past its end, so a repeated (user_id, event_id)
+is counted once however it came back (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -65,25 +68,51 @@ class _Touched:
 
 @dataclass(slots=True)
 class Specs:
-    """The three tables' windows, from settings."""
+    """The three tables' windows, from settings, and the state horizons."""
 
     event: WindowSpec
     user: WindowSpec
     segment: WindowSpec
+    #: age of a window start, by its slot's close mark, after which its state is gone
+    expires_ms: int = 7_200_000
+    #: event time past a window's end during which repeated event ids are recognised
+    dedupe_ms: int = 900_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Specs:
         w = settings.windows
+        late = w.allowed_lateness_seconds
         return cls(
-            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds),
-            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds),
-            WindowSpec.hopping(w.hopping_size_seconds, w.hopping_step_seconds, w.grace_seconds),
+            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds, late),
+            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds, late),
+            WindowSpec.hopping(w.hopping_size_seconds, w.hopping_step_seconds, w.grace_seconds,
+                               late),
+            expires_ms=w.expires_seconds * 1000,
+            dedupe_ms=w.dedupe_seconds * 1000,
         )
 
     def for_table(self, table: str) -> WindowSpec:
         return {EVENT_STATS: self.event, USER_ACTIVITY: self.user, SEGMENT_STATS: self.segment}[
             table
         ]
+
+    def is_gone(self, table: str, start: int, stream_time: int, retired: int) -> bool:
+        """No event can update this window any more: too late for the slot's stream time,
+        or its state expired (``retired``: the highest close mark the slot ever sent)."""
+        return (self.for_table(table).is_late(start, stream_time)
+                or start + self.expires_ms <= retired)
+
+
+def new_slot(topic: str, partition: int) -> dict[str, Any]:
+    """An input slot: ``wm`` its stream time, ``idle`` the wall clock while it is quiet
+    (0 while events arrive), ``ret`` the highest close mark it ever sent (what the merge
+    expires windows by), ``off`` the highest offset absorbed."""
+    return {"kind": "s", "topic": topic, "partition": partition, "wm": 0, "idle": 0,
+            "ret": 0, "off": -1}
+
+
+def retired(slot: dict[str, Any]) -> int:
+    return max(slot.get("ret", 0), slot["wm"])
 
 
 @dataclass
@@ -101,24 +130,27 @@ class Aggregator:
     updates: dict[str, int] = field(default_factory=dict)
     #: events skipped because their slot had absorbed them before (replays)
     replayed: int = 0
+    #: source -> events not counted because their (user_id, event_id) was counted before
+    duplicates: dict[str, int] = field(default_factory=dict)
 
     def slot(self, topic: str, partition: int) -> dict[str, Any]:
-        key = slot_key(topic, partition)
-        value = self.state.get(partition, key)
-        if value is None:
-            value = {"kind": "s", "topic": topic, "partition": partition, "wm": 0, "idle": 0,
-                     "off": -1}
-        return value
+        value = self.state.get(partition, slot_key(topic, partition))
+        return new_slot(topic, partition) if value is None else value
 
     def apply(self, batch: Sequence[tuple[RawRecord, dict[str, Any]]]) -> list[Late]:
-        """Fold ``batch`` into state; return the events that were too late for a window."""
+        """Fold ``batch`` into state; return the events that were too late for a window.
+
+        Lateness is judged on event time only: the slot's stream time (the newest event
+        time it has seen, never ahead of this worker's clock) against window end +
+        allowed lateness.  A wall-clock check remains for windows whose state expired.
+        """
         now = self.clock()
+        now_ms = int(now * 1000)
         touched: dict[str, _Touched] = {}
         slots: dict[str, tuple[int, dict[str, Any]]] = {}
         #: slot key -> highest offset the slot had absorbed before this batch
         absorbed: dict[str, int] = {}
         late: list[Late] = []
-        specs = self.specs
         try:
             for record, event in batch:
                 skey = slot_key(record.topic, record.partition)
@@ -126,53 +158,21 @@ class Aggregator:
                     slot = self.slot(record.topic, record.partition)
                     slots[skey] = (record.partition, slot)
                     absorbed[skey] = slot["off"]
-                if record.offset <= absorbed[skey]:
-                    # a replay after a restart: counted before, and judged late (or not) before;
-                    # checking lateness again would dead-letter it a second time
-                    self.replayed += 1
-                    continue
                 slot = slots[skey][1]
-                closed_through = max(slot["wm"], slot["idle"])
-                ts, value = event["ts"], event.get("value")
-                missed: list[str] = []
-                errors: list[dict[str, str]] = []
-
-                ws = specs.event.newest_start(ts)
-                if specs.event.is_closed(ws, closed_through):
-                    missed.append(EVENT_STATS)
-                else:
-                    agg = self._partial(touched, EVENT_STATS, record,
-                                        (event["source"], event["type"]), ws)
-                    if agg is not None:
-                        add_stats(agg, value, ts)
-
-                if specs.user.is_closed(ws, closed_through):
-                    missed.append(USER_ACTIVITY)
-                else:
-                    agg = self._user(touched, record, event["user_id"], ws)
-                    if agg is not None:
-                        add_activity(agg, event["type"], ts)
-
-                newest = specs.segment.newest_start(ts)
-                if specs.segment.is_closed(newest, closed_through):
-                    missed.append(SEGMENT_STATS)
-                else:
-                    seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
-                    for start in specs.segment.starts(ts):
-                        if not specs.segment.is_closed(start, closed_through):
-                            agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
-                            if agg is not None:
-                                add_segment(agg, value, ts)
+                if record.offset <= absorbed[skey]:
+                    again = self._replayed(touched, record, event, slot["wm"], retired(slot))
+                    if again is not None:
+                        late.append(again)
+                    continue
+                ret = retired(slot)
+                missed = self._fold(touched, record, event, slot["wm"], ret)
                 if missed:
-                    for table in missed:
-                        spec = specs.for_table(table)
-                        start = spec.newest_start(ts)
-                        errors.append({"loc": table, "msg": (
-                            f"window [{start}, {spec.end(start)}) ms closed: watermark "
-                            f"{closed_through} ms passed its end + grace {spec.grace_ms} ms")})
-                    late.append(Late(record, event, errors, missed))
-                if ts > slot["wm"]:
-                    slot["wm"] = ts
+                    late.append(self._late(record, event, missed, slot["wm"], ret))
+                ts = event["ts"]
+                capped = ts if ts < now_ms else now_ms  # one fast clock moves no one's time
+                if capped > slot["wm"]:
+                    slot["wm"] = capped
+                slot["idle"] = 0  # not quiet any more: windows close by event time again
                 if record.offset > slot["off"]:
                     slot["off"] = record.offset
                 self.last_seen[skey] = now
@@ -182,6 +182,77 @@ class Aggregator:
             # absorbed, so writing it keeps state and offset guards consistent
             self._write(touched, slots)
         return late
+
+    def _fold(self, touched: dict[str, _Touched], record: RawRecord, event: dict[str, Any],
+              st: int, ret: int) -> list[str]:
+        """Count one new event (unless a duplicate); the tables it was too late for."""
+        specs = self.specs
+        # every field first: a malformed event raises before any state absorbed its offset
+        ts, value, etype, source = event["ts"], event.get("value"), event["type"], event["source"]
+        user_id, eid = event["user_id"], event["event_id"]
+        ws = specs.user.newest_start(ts)
+        missed: list[str] = []
+        if specs.is_gone(USER_ACTIVITY, ws, st, ret):
+            missed.append(USER_ACTIVITY)
+        else:
+            entry = self._user(touched, record, user_id, ws)
+            if entry is not None:
+                ids: dict[str, int] = entry.value.setdefault("ids", {})
+                if eid in ids:  # counted before: an HTTP retry, a producer retry, a replay
+                    self.duplicates[source] = self.duplicates.get(source, 0) + 1
+                    return []
+                if ws + specs.user.size_ms + specs.dedupe_ms > st:
+                    ids[eid] = 1
+                add_activity(entry.value["agg"], etype, ts)
+        if specs.is_gone(EVENT_STATS, ws, st, ret):
+            missed.append(EVENT_STATS)
+        else:
+            agg = self._partial(touched, EVENT_STATS, record, (source, etype), ws)
+            if agg is not None:
+                add_stats(agg, value, ts)
+        if specs.is_gone(SEGMENT_STATS, specs.segment.newest_start(ts), st, ret):
+            missed.append(SEGMENT_STATS)
+        else:
+            seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
+            for start in specs.segment.starts(ts):
+                if not specs.is_gone(SEGMENT_STATS, start, st, ret):
+                    agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
+                    if agg is not None:
+                        add_segment(agg, value, ts)
+        return missed
+
+    def _replayed(self, touched: dict[str, _Touched], record: RawRecord,
+                  event: dict[str, Any], st: int, ret: int) -> Late | None:
+        """A record the slot absorbed before a restart.  Counted then (its user window
+        absorbed its offset) means skip it; otherwise it was late, and its dead letter
+        may not have been written before the crash: write it again (at least once)."""
+        self.replayed += 1
+        ws = self.specs.user.newest_start(event["ts"])
+        ukey = user_key(event["user_id"], ws)
+        seen = touched.get(ukey)
+        value = seen.value if seen is not None else self.state.get(record.partition, ukey)
+        tp = f"{record.topic}|{record.partition}"
+        if value is not None and value["offs"].get(tp, -1) >= record.offset:
+            return None
+        missed = [t for t in (USER_ACTIVITY, EVENT_STATS, SEGMENT_STATS)
+                  if self.specs.is_gone(t, self.specs.for_table(t).newest_start(event["ts"]),
+                                        st, ret)]
+        return self._late(record, event, missed or [USER_ACTIVITY], st, ret)
+
+    def _late(self, record: RawRecord, event: dict[str, Any], missed: list[str], st: int,
+              ret: int) -> Late:
+        errors = []
+        for table in missed:
+            spec = self.specs.for_table(table)
+            start = spec.newest_start(event["ts"])
+            if start + self.specs.expires_ms <= ret:
+                why = (f"its state expired: start more than {self.specs.expires_ms} ms before "
+                       f"the slot's close mark {ret} ms")
+            else:
+                why = (f"stream time {st} ms passed its end + allowed lateness "
+                       f"{spec.lateness_ms} ms")
+            errors.append({"loc": table, "msg": f"window [{start}, {spec.end(start)}) ms: {why}"})
+        return Late(record, event, errors, missed)
 
     async def submit(self) -> list[Awaitable[Any]]:
         """Send the changelog of what :meth:`apply` wrote; await before acking the batch."""
@@ -209,22 +280,26 @@ class Aggregator:
 
     def _user(
         self, touched: dict[str, _Touched], record: RawRecord, user_id: str, ws: int
-    ) -> dict[str, Any] | None:
+    ) -> _Touched | None:
+        """The user window, or None if it absorbed this offset before.  Offsets are kept
+        per (topic, partition): a user whose events arrive on two partitions of a topic
+        must not have one partition's offsets hide the other's."""
         ukey = user_key(user_id, ws)
         entry = touched.get(ukey)
         if entry is None:
             value = self.state.get(record.partition, ukey)
             if value is None:
                 value = {"kind": "u", "table": USER_ACTIVITY, "partition": record.partition,
-                         "key": [user_id], "ws": ws, "agg": NEW[USER_ACTIVITY](), "offs": {}}
+                         "key": [user_id], "ws": ws, "agg": NEW[USER_ACTIVITY](), "offs": {},
+                         "ids": {}}
             entry = touched[ukey] = _Touched(record.partition, value, dict(value["offs"]))
-        if record.offset <= entry.base_off.get(record.topic, -1):
+        tp = f"{record.topic}|{record.partition}"
+        if record.offset <= entry.base_off.get(tp, -1):
             return None
         offs = entry.value["offs"]
-        if record.offset > offs.get(record.topic, -1):
-            offs[record.topic] = record.offset
-        agg: dict[str, Any] = entry.value["agg"]
-        return agg
+        if record.offset > offs.get(tp, -1):
+            offs[tp] = record.offset
+        return entry
 
     def _write(
         self, touched: dict[str, _Touched], slots: dict[str, tuple[int, dict[str, Any]]]

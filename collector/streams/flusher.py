@@ -2,9 +2,12 @@
 
 Runs from a worker timer every ``flush_interval``.  It only reads and writes keys of
 partitions this worker owns, so two workers never forward the same slot.  A partial is
-sent while it is dirty and once more, final, when its window closes; then it is deleted.
-Close *marks* tell the merge how far each input slot has closed, so it can declare a
-merged window final only when every slot has closed it.
+sent while it is dirty and once more, final, when its window closes (close mark past
+end + grace); it is kept, and sent again after every late update, until no event can
+reach it any more (stream time past end + allowed lateness, or its state expired).
+Close *marks* tell the merge how far each input slot has closed (``closed``: stream
+time, or the wall clock while the slot is quiet), the highest close mark it ever sent
+(``ret``: windows expire by it, here and in the merge) and its stream time (``st``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import orjson
 
 from collector.sinks import Row
-from collector.streams.aggregator import SEP, Aggregator, Specs, slot_key, user_key
+from collector.streams.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
 from collector.streams.state import State
 from collector.streams.windows import USER_ACTIVITY, row_values
 
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: send(key, value, partition) -> ack future
 Send = Callable[[bytes, bytes, int | None], Awaitable[Awaitable[Any]]]
+#: a slot's (close mark, stream time, highest close mark ever sent), epoch ms
+Marks = tuple[int, int, int]
 
 
 def to_row(
@@ -42,7 +47,25 @@ def to_row(
         values=row_values(table, agg),
         final=final,
         latest_event_ms=agg["latest"],
+        revision=entry.get("rev", 0),
     )
+
+
+def emit_final(entry: dict[str, Any], final: bool, changed: bool) -> bool:
+    """Update an entry's ``fin``/``rev`` for a row about to be written; True if changed.
+
+    ``fin``: the row was written final at least once.  ``rev``: how many times a final
+    row was corrected by late events since (0 for the first final row).
+    """
+    if not final:
+        return False
+    if entry.get("fin"):
+        if changed:
+            entry["rev"] = entry.get("rev", 0) + 1
+            return True
+        return False
+    entry["fin"] = True
+    return True
 
 
 @dataclass
@@ -84,9 +107,11 @@ class Flusher:
     #: idle slot with a backlog is not idle: it is waiting for its fetch.
     caught_up: Callable[[str, int], bool] = lambda topic, partition: True
     needs_rescan: bool = True
-    #: user window keys whose final row every sink confirmed: safe to delete
-    confirmed: set[str] = field(default_factory=set)
+    #: user window key -> revision of its final row that every sink confirmed
+    confirmed: dict[str, int] = field(default_factory=dict)
     final_sent: set[str] = field(default_factory=set)
+    #: keys to send again without a change of their own (after a start or rebalance)
+    resend: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
 
     def rescan(self, assigned: Collection[tuple[str, int]]) -> None:
@@ -99,7 +124,7 @@ class Flusher:
             if value.get("partition") in owned:
                 agg.index[key] = value["partition"]
                 if value.get("kind") in ("p", "u"):
-                    agg.dirty.add(key)
+                    self.resend.add(key)
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
@@ -109,7 +134,7 @@ class Flusher:
     def on_user_rows_written(self, rows: list[Row]) -> None:
         for row in rows:
             if row.final and row.table == USER_ACTIVITY:
-                self.confirmed.add(user_key(row.key[0], row.window_start_ms))
+                self.confirmed[user_key(row.key[0], row.window_start_ms)] = row.revision
 
     async def tick(self, assigned: Collection[tuple[str, int]]) -> dict[str, int]:
         """One flush; returns counts (for logs and tests)."""
@@ -118,9 +143,10 @@ class Flusher:
         now_s = self.clock()
         now_ms = int(now_s * 1000)
         owned_parts = {p for _, p in assigned}
-        closed = self._close_marks(assigned, now_s, now_ms)
+        marks = self._close_marks(assigned, now_s, now_ms)
         agg = self.aggregator
         dirty, agg.dirty = agg.dirty, set()
+        resend, self.resend = self.resend, set()
         pending: list[Awaitable[Any]] = []
         to_delete: list[tuple[int, str]] = []
         user_rows: list[Row] = []
@@ -128,40 +154,45 @@ class Flusher:
         for key, partition in list(agg.index.items()):
             if partition not in owned_parts or key[0] not in "pu":
                 continue
-            if key not in dirty and key not in self.confirmed and not self._may_close(
-                key, partition, closed
+            if key not in dirty and key not in resend and not self._needs_visit(
+                key, partition, marks
             ):
                 continue  # nothing to send: skip the store read (most keys, most ticks)
             entry = self.state.get(partition, key)
             if entry is None:
                 agg.index.pop(key, None)
                 continue
-            table = entry["table"]
+            table, ws = entry["table"], entry["ws"]
             spec = self.specs.for_table(table)
+            mark, st, ret = self._marks_of(key, entry, partition, marks)
+            gone = self.specs.is_gone(table, ws, st, ret)
+            final = gone or bool(entry.get("fin")) or spec.is_closed(ws, mark)
+            send = key in dirty or key in resend or (final and key not in self.final_sent)
             if entry["kind"] == "p":
-                mark = closed.get(slot_key(entry["topic"], partition), 0)
-                is_final = spec.is_closed(entry["ws"], mark)
-                if key in dirty or is_final:
-                    pending.append(await self._send_partial(entry, is_final))
+                if send:
+                    pending.append(await self._send_partial(entry, final))
                     stats["partials"] += 1
-                if is_final:
-                    stats["final_partials"] += 1
+                    if final:
+                        stats["final_partials"] += 1
+                        self.final_sent.add(key)
+                if gone and key in self.final_sent:
                     to_delete.append((partition, key))
-            else:
-                marks = [closed.get(slot_key(t, partition), 0) for t in self.raw_topics]
-                is_final = spec.is_closed(entry["ws"], min(marks))
-                if key in self.confirmed:
-                    to_delete.append((partition, key))
-                    self.confirmed.discard(key)
-                elif key in dirty or (is_final and key not in self.final_sent):
-                    user_rows.append(to_row(table, self.specs, entry, is_final))
-                    if is_final:
-                        self.final_sent.add(key)  # in memory only: re-sent after a restart
+                continue
+            if send:
+                if emit_final(entry, final, key in dirty):
+                    self.state.set(partition, key, entry)
+                user_rows.append(to_row(table, self.specs, entry, final))
+                self.confirmed.pop(key, None)
+                if final:
+                    self.final_sent.add(key)  # in memory only: re-sent after a restart
+            elif gone and self.confirmed.get(key, -1) == entry.get("rev", 0):
+                to_delete.append((partition, key))  # its last row is in every sink
         # close marks go after the partials they cover: same producer, same partition order
-        for skey, mark in closed.items():
+        for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")
             if int(part) in owned_parts:
-                value = orjson.dumps({"t": "m", "slot": f"{topic}|{part}", "closed": mark})
+                value = orjson.dumps({"t": "m", "slot": f"{topic}|{part}", "closed": mark,
+                                      "ret": ret, "st": st})
                 for target in range(self.partials_partitions):
                     pending.append(await self.send_partial(b"__mark__", value, target))
         for fut in pending:
@@ -170,33 +201,43 @@ class Flusher:
             self.state.delete(partition, key)
             agg.index.pop(key, None)
             self.final_sent.discard(key)
+            self.confirmed.pop(key, None)
             stats["deleted"] += 1
         if user_rows:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
 
-    def _may_close(self, key: str, partition: int, closed: dict[str, int]) -> bool:
-        """Whether a clean key might need its final send, judged from the key alone.
-
-        Keys end in ``|window_start``; partial keys are ``p|table|topic|partition|…``
-        (topic names and tables contain no ``|``), user keys ``u|user_id|ws``.
-        """
-        ws = int(key[key.rindex(SEP) + 1:])
+    def _marks_of(self, key: str, entry: dict[str, Any] | None, partition: int,
+                  marks: dict[str, Marks]) -> Marks:
+        """(close mark, stream time, retired) of a key's slot; a user window is fed by
+        every raw topic's slot of its partition, so the least of theirs."""
         if key[0] == "p":
-            _, table, topic, _ = key.split(SEP, 3)
-            mark = closed.get(slot_key(topic, partition), 0)
-            return self.specs.for_table(table).is_closed(ws, mark)
-        if key in self.final_sent:
-            return False
-        mark = min(closed.get(slot_key(t, partition), 0) for t in self.raw_topics)
-        return self.specs.for_table(USER_ACTIVITY).is_closed(ws, mark)
+            topic = entry["topic"] if entry is not None else key.split(SEP, 3)[2]
+            return marks.get(slot_key(topic, partition), (0, 0, 0))
+        triples = [marks.get(slot_key(t, partition), (0, 0, 0)) for t in self.raw_topics]
+        return (min(m for m, _, _ in triples), min(s for _, s, _ in triples),
+                min(r for _, _, r in triples))
+
+    def _needs_visit(self, key: str, partition: int, marks: dict[str, Marks]) -> bool:
+        """Whether a clean key might need its final send or its deletion, judged from the
+        key alone: ``p|table|topic|partition|…|ws`` or ``u|user_id|ws`` (topic names and
+        tables contain no ``|``)."""
+        ws = int(key[key.rindex(SEP) + 1:])
+        table = key.split(SEP, 2)[1] if key[0] == "p" else USER_ACTIVITY
+        mark, st, ret = self._marks_of(key, None, partition, marks)
+        if self.specs.is_gone(table, ws, st, ret):
+            return True  # to be deleted (or sent final first)
+        return key not in self.final_sent and self.specs.for_table(table).is_closed(ws, mark)
 
     def _close_marks(
         self, assigned: Collection[tuple[str, int]], now_s: float, now_ms: int
-    ) -> dict[str, int]:
-        """Each owned slot's close mark: its watermark, or wall-clock time once idle."""
-        marks: dict[str, int] = {}
+    ) -> dict[str, Marks]:
+        """Each owned slot's (close mark, stream time, retired).  The close mark is the
+        stream time, or the wall clock once the slot has been quiet (and caught up) for
+        the idle timeout: that emits windows of a quiet stream without making an event
+        late; only one older than ``expires`` by then can no longer be counted."""
+        marks: dict[str, Marks] = {}
         agg = self.aggregator
         for topic, partition in assigned:
             if topic not in self.raw_topics:
@@ -207,9 +248,10 @@ class Flusher:
             if (now_s - last >= self.idle_timeout_s and slot["idle"] < now_ms
                     and self.caught_up(topic, partition)):
                 slot["idle"] = now_ms
+                slot["ret"] = max(slot.get("ret", 0), now_ms)
                 self.state.set(partition, skey, slot)
                 agg.index[skey] = partition
-            marks[skey] = max(slot["wm"], slot["idle"])
+            marks[skey] = (max(slot["wm"], slot["idle"]), slot["wm"], retired(slot))
         return marks
 
     async def _send_partial(self, entry: dict[str, Any], final: bool) -> Awaitable[Any]:

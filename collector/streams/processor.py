@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from collector.config import Settings
 from collector.models import (
@@ -49,12 +50,23 @@ class RawRecord:
 
 Headers = list[tuple[str, bytes]]
 
+#: header on an event produced again to the partition its user_id maps to
+REROUTED_HEADER = "x-collector-rerouted-from"
+#: cached user_id -> home partition entries before the cache starts over
+HOME_CACHE_MAX = 200_000
+
+
+def home_partition(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key) gives ``user_id``."""
+    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
 
 class Output(Protocol):
     """Where forwarded records go: a Kafka producer in the worker."""
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
+        partition: int | None = None,
     ) -> Awaitable[Any]: ...
 
     async def batches(self, topic: str) -> Batches: ...
@@ -75,6 +87,7 @@ class BatchResult:
     enriched: list[tuple[RawRecord, dict[str, Any]]] = field(default_factory=list)
     dead_letters: int = 0
     consumed: int = 0
+    duplicates: int = 0
 
 
 class RawProcessor:
@@ -101,6 +114,17 @@ class RawProcessor:
                        "dead_lettered": 0}
         #: (topic, partition) -> offset after the last message processed, valid or not
         self.next_offsets: dict[tuple[str, int], int] = {}
+        self._partitions = settings.kafka.partitions
+        self._reroute = settings.kafka.reroute_misrouted
+        self._homes: dict[str, int] = {}
+
+    def _home(self, user_id: str) -> int:
+        home = self._homes.get(user_id)
+        if home is None:
+            if len(self._homes) >= HOME_CACHE_MAX:
+                self._homes.clear()
+            home = self._homes[user_id] = home_partition(user_id, self._partitions)
+        return home
 
     async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         """Process a batch; returns only once everything is accepted by ``out``."""
@@ -109,6 +133,7 @@ class RawProcessor:
         pending: list[Awaitable[Any]] = []
         valid: list[tuple[RawRecord, str, dict[str, Any]]] = []
         consumed: dict[str, int] = {}
+        rerouted: dict[str, int] = {}
         messages: dict[str, int] = {}  # counted per batch: a labelled inc costs ~2 µs
         for record in records:
             source = self._kafka.source_of(record.topic)
@@ -117,11 +142,15 @@ class RawProcessor:
                 continue
             decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
             messages[source] = messages.get(source, 0) + 1
-            consumed[source] = consumed.get(source, 0) + len(decoded.events) + len(
-                decoded.rejects
-            )
+            count = len(decoded.events) + len(decoded.rejects)
             for event in decoded.events:
-                valid.append((record, source, event))
+                if self._reroute and self._home(event["user_id"]) != record.partition:
+                    pending.append(await self._send_home(record, event, out))
+                    count -= 1  # consumed where it belongs
+                    rerouted[source] = rerouted.get(source, 0) + 1
+                else:
+                    valid.append((record, source, event))
+            consumed[source] = consumed.get(source, 0) + count
             for reject in decoded.rejects:
                 payload = dead_letter_record(
                     reject,
@@ -142,6 +171,8 @@ class RawProcessor:
             await self._enrich(valid, result, out, pending)
         for source, count in messages.items():
             self._metrics.messages.labels(source).inc(count)
+        for source, count in rerouted.items():
+            self._metrics.rerouted.labels(source).inc(count)
         next_offsets = self.next_offsets
         for record in records:
             tp = (record.topic, record.partition)
@@ -152,13 +183,18 @@ class RawProcessor:
             self._metrics.consumed.labels(source).inc(count)
             result.consumed += count
         if self.aggregator is not None and result.enriched:
-            before = dict(self.aggregator.updates)
-            for late in self.aggregator.apply(result.enriched):
+            agg = self.aggregator
+            before, dups = dict(agg.updates), dict(agg.duplicates)
+            for late in agg.apply(result.enriched):
                 pending.append(await self._dead_letter_late(late, now_ms, out))
                 result.dead_letters += 1
-            for table, count in self.aggregator.updates.items():
+            for table, count in agg.updates.items():
                 if count > before.get(table, 0):
                     self._metrics.window_updates.labels(table).inc(count - before.get(table, 0))
+            for source, count in agg.duplicates.items():
+                if count > dups.get(source, 0):
+                    self._metrics.duplicates.labels(source).inc(count - dups.get(source, 0))
+                    result.duplicates += count - dups.get(source, 0)
         if self.aggregator is not None:
             pending.extend(await self.aggregator.submit())
         if pending:
@@ -222,6 +258,20 @@ class RawProcessor:
         self._metrics.consumed.labels(source).inc()
         self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
         return BatchResult(dead_letters=1, consumed=1)
+
+    async def _send_home(self, record: RawRecord, event: dict[str, Any], out: Output
+                         ) -> Awaitable[Any]:
+        """Produce a valid event again, keyed, to the partition its user_id maps to.
+
+        A user's windows live in one partition; an unkeyed message, or one from a
+        producer whose partitioner is not murmur2 (librdkafka's default is CRC32), lands
+        elsewhere.  Counting it there would split the user's window in two, so it is
+        counted where it belongs instead: one more trip through Kafka, for those only.
+        """
+        user_id = event["user_id"]
+        origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
+        return await out.send(record.topic, user_id.encode(), orjson.dumps(event),
+                              [(REROUTED_HEADER, origin)], self._home(user_id))
 
     async def _dead_letter_late(self, late: Late, now_ms: int, out: Output) -> Awaitable[Any]:
         record, event = late.record, late.event

@@ -56,7 +56,7 @@ class Loop:
             specs,
             [f"{t}|{p}" for t in TOPICS for p in range(PARTS)],
             add_rows=self.add_rows,
-            expires_ms=3_600_000,
+            expires_ms=specs.expires_ms,
             clock=clock,
         )
         self.flusher = Flusher(
@@ -241,7 +241,7 @@ async def test_replaying_a_batch_changes_nothing(specs: Specs) -> None:
 async def test_a_replay_after_windows_closed_is_not_dead_lettered_again(specs: Specs) -> None:
     """After a restart, events the slot had absorbed are skipped before the lateness check,
     so a replay of events whose windows have since closed yields no 'late' records."""
-    clock = Clock(T0 / 1000 + 10)
+    clock = Clock(T0 / 1000 + 3600)  # stream time never passes the wall clock
     loop = Loop(specs, clock)
     early = [("raw.web", 0, off, event("u0", "click", T0 + off)) for off in range(1, 6)]
     later = [("raw.web", 0, 6, event("u0", "click", T0 + 600_000))]  # closes T0's windows
@@ -253,14 +253,14 @@ async def test_a_replay_after_windows_closed_is_not_dead_lettered_again(specs: S
     assert before == after
     assert loop.agg.replayed == 6
     # a genuinely new event for a closed window is still late
-    lates = feed(loop, [("raw.web", 0, 7, event("u0", "click", T0 + 1))])
+    lates = feed(loop, [("raw.web", 0, 7, event("u0", "view", T0 + 2))])
     assert len(lates) == 1 and "event_stats" in lates[0].tables
 
 
 async def test_a_tick_reads_only_keys_that_have_something_to_send(specs: Specs) -> None:
     """Clean, open windows are skipped from their key alone (no store read); a dirty key
     or one whose window has just closed is read and sent."""
-    clock = Clock(T0 / 1000 + 10)
+    clock = Clock(T0 / 1000 + 3600)
     loop = Loop(specs, clock)
     feed(loop, [("raw.web", 0, 1, event("u0", "click", T0 + 1_000, value=1.0))])
     await loop.tick()
