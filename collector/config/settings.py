@@ -260,7 +260,8 @@ class WindowSettings(_Section):
     dedupe_seconds: int = Field(
         default=900, ge=0,
         description="Event time past a window's end during which a repeated "
-        "(user_id, event_id) is recognised and not counted again (at most the lateness).",
+        "(user_id, event_id) is recognised and not counted again (capped at the allowed "
+        "lateness: a window that takes no events needs no ids).",
     )
     idle_timeout_seconds: float = Field(
         default=30.0, gt=0,
@@ -286,8 +287,6 @@ class WindowSettings(_Section):
             raise ValueError("hopping_size_seconds must be a multiple of hopping_step_seconds")
         if self.allowed_lateness_seconds < self.grace_seconds:
             raise ValueError("allowed_lateness_seconds must be at least grace_seconds")
-        if self.dedupe_seconds > self.allowed_lateness_seconds:
-            raise ValueError("dedupe_seconds must not exceed allowed_lateness_seconds")
         needed = (max(self.tumbling_seconds, self.hopping_size_seconds)
                   + self.allowed_lateness_seconds)
         if self.expires_seconds < needed:

@@ -88,7 +88,7 @@ class Specs:
             WindowSpec.hopping(w.hopping_size_seconds, w.hopping_step_seconds, w.grace_seconds,
                                late),
             expires_ms=w.expires_seconds * 1000,
-            dedupe_ms=w.dedupe_seconds * 1000,
+            dedupe_ms=min(w.dedupe_seconds, late) * 1000,
         )
 
     def for_table(self, table: str) -> WindowSpec:

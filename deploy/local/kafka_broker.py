@@ -158,7 +158,7 @@ def formatted(data: Path) -> bool:
 def format_storage(lib: Path, conf: Path, data: Path, log: Path) -> str:
     """Format ``data`` with a new cluster id (first start only); returns the id."""
     cid = cluster_id()
-    cmd = [*_jvm(lib, conf, "256m"), "kafka.tools.StorageTool", "format", "-t", cid,
+    cmd = [*_jvm(lib, conf, "256m"), "kafka.tools.StorageTool", "format", f"--cluster-id={cid}",
            "-c", str(conf), "--ignore-formatted"]  # fmt: skip
     with log.open("ab") as out:
         done = subprocess.run(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=120)

@@ -35,6 +35,8 @@ def window_env(tmp_path: Path, tag: str) -> dict[str, str]:
         COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
         COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS="0.5",
         COLLECTOR_WINDOWS__IDLE_TIMEOUT_SECONDS="3",
+        # the golden input's late events are 20 min behind: past a 10 min lateness
+        COLLECTOR_WINDOWS__ALLOWED_LATENESS_SECONDS="600",
         COLLECTOR_INFLUX__DATABASE=f"{tag}db",
     )
 

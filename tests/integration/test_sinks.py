@@ -69,12 +69,24 @@ _WHERE = {"event_stats": "source = %s ORDER BY window_start, type",
           "segment_stats": "segment = %s ORDER BY country"}
 
 
+#: columns as created by 0002, then ``revision`` (added by 0003-0005) before final
+_COLUMNS = {
+    "event_stats": "window_start, window_seconds, source, type, count, value_count, "
+                   "value_sum, value_min, value_max, final, updated_at, revision",
+    "user_activity": "window_start, window_seconds, user_id, count, distinct_types, types, "
+                     "first_event_at, last_event_at, final, updated_at, revision",
+    "segment_stats": "window_start, window_seconds, segment, country, count, value_sum, "
+                     "final, updated_at, revision",
+}
+
+
 async def dump(settings: Settings, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the three tables that belongs to ``prefix``, in key order."""
     out = {}
     async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
         for table, where in _WHERE.items():
-            await cur.execute(f"SELECT * FROM {table} WHERE {where}", (prefix,))
+            await cur.execute(f"SELECT {_COLUMNS[table]} FROM {table} WHERE {where}",
+                              (prefix,))
             out[table] = list(await cur.fetchall())
     return out
 
@@ -126,6 +138,14 @@ async def test_mysql_upserts_exact_rows_replays_change_nothing_final_is_sticky(
         after = await dump(settings, p)
         assert after["event_stats"][0][4:10] == (7, 7, 14.0, 1.0, 3.0, 1)
         assert after["event_stats"][1] == first["event_stats"][1]
+        # a late event corrected the final row: new values and the next revision
+        sink.add([Row("event_stats", BASE_MS, 60, (p, "click"),
+                      {"count": 8, "value_count": 8, "value_sum": 15.0, "value_min": 1.0,
+                       "value_max": 3.0}, True, BASE_MS + 2, revision=1)])
+        await sink.flush()
+        corrected = await dump(settings, p)
+        assert corrected["event_stats"][0][4:10] == (8, 8, 15.0, 1.0, 3.0, 1)
+        assert corrected["event_stats"][0][11] == 1  # revision
     finally:
         await sink.close()
 
@@ -258,14 +278,14 @@ async def test_influx_v1_writes_points_and_rewrites_overwrite(influx_db: InfluxS
         got = await select(influx_db, "SELECT * FROM event_stats ORDER BY time")
         assert got == [
             {"time": BASE_MS, "source": "web", "type": "click", "count": 3, "value_count": 3,
-             "sum": 6.0, "min": 1.0, "max": 3.0, "mean": 2.0, "final": False},
+             "sum": 6.0, "min": 1.0, "max": 3.0, "mean": 2.0, "final": False, "revision": 0},
             {"time": BASE_MS + 60_000, "source": "web", "type": "view", "count": 2,
              "value_count": 0, "sum": 0.0, "min": None, "max": None, "mean": None,
-             "final": False},
+             "final": False, "revision": 0},
         ]
         segs = await select(influx_db, "SELECT * FROM segment_stats")
         assert segs == [{"time": BASE_MS, "segment": "gold", "country": "DE", "count": 5,
-                         "sum": 12.5, "final": True}]
+                         "sum": 12.5, "final": True, "revision": 0}]
         measurements = await select(influx_db, "SHOW MEASUREMENTS")
         assert [m["name"] for m in measurements] == ["event_stats", "segment_stats"]
 
@@ -274,6 +294,13 @@ async def test_influx_v1_writes_points_and_rewrites_overwrite(influx_db: InfluxS
         got = await select(influx_db, "SELECT * FROM event_stats ORDER BY time")
         assert len(got) == 2  # same point overwritten, not a new one
         assert (got[0]["count"], got[0]["sum"], got[0]["final"]) == (9, 18.0, True)
+        sink.add([Row("event_stats", BASE_MS, 60, ("web", "click"),
+                      {"count": 10, "value_count": 10, "value_sum": 20.0, "value_min": 1.0,
+                       "value_max": 3.0}, True, BASE_MS + 2, revision=1)])
+        assert (await sink.flush()).written == 1
+        got = await select(influx_db, "SELECT * FROM event_stats ORDER BY time")
+        assert len(got) == 2  # a correction overwrites the point in place
+        assert (got[0]["count"], got[0]["revision"]) == (10, 1)
     finally:
         await sink.close()
 

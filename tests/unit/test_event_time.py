@@ -206,7 +206,6 @@ def test_home_partition_is_kafkas_default_partitioner() -> None:
     ("windows", "needle"),
     [
         ({"expires_seconds": 3600}, "expires_seconds must cover"),
-        ({"dedupe_seconds": 7200}, "dedupe_seconds"),
         ({"allowed_lateness_seconds": 30}, "allowed_lateness_seconds"),
     ],
 )
