@@ -176,6 +176,15 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def kafka_version() -> str:
+    """The local broker's Kafka version, as pinned in deploy/local/kafka/pom.xml."""
+    import re
+
+    pom = Path(__file__).resolve().parents[1] / "deploy" / "local" / "kafka" / "pom.xml"
+    found = re.search(r"<kafka\.version>([^<]+)<", pom.read_text()) if pom.exists() else None
+    return found.group(1) if found else "?"
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = ""
@@ -200,7 +209,7 @@ def machine() -> dict[str, Any]:
         "ram_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "broker": "Tansu (Kafka-compatible), local stack, 1 node",
+        "broker": f"Apache Kafka {kafka_version()} (KRaft), local stack, 1 node",
         "versions": versions,
         "load_at_start": load_average(),
     }

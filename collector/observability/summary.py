@@ -87,7 +87,8 @@ def _by_source(metrics: Metrics) -> dict[str, dict[str, float]]:
     sources: dict[str, dict[str, float]] = {}
 
     def row(source: str) -> dict[str, float]:
-        return sources.setdefault(source, {"consumed": 0.0, "valid": 0.0, "dead_lettered": 0.0})
+        return sources.setdefault(source, {"consumed": 0.0, "valid": 0.0, "dead_lettered": 0.0,
+                                           "duplicates": 0.0})
 
     for (source,), value in counter_values(metrics.consumed).items():
         row(source)["consumed"] = value
@@ -95,6 +96,8 @@ def _by_source(metrics: Metrics) -> dict[str, dict[str, float]]:
         row(source)["valid"] = value
     for (source, _reason), value in counter_values(metrics.dead_lettered).items():
         row(source)["dead_lettered"] += value
+    for (source,), value in counter_values(metrics.duplicates).items():
+        row(source)["duplicates"] = value
     return dict(sorted(sources.items()))
 
 

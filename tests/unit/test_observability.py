@@ -130,6 +130,7 @@ def test_summary_is_shaped_from_the_counters() -> None:
     metrics.valid.labels("mobile").inc(3)
     metrics.dead_lettered.labels("web", "malformed_json").inc(2)
     metrics.dead_lettered.labels("mobile", "schema_violation").inc(1)
+    metrics.duplicates.labels("web").inc(1)
     metrics.enrichment.labels("hit").inc(9)
     metrics.enrichment.labels("miss").inc(2)
     metrics.sink_rows.labels("mysql").inc(5)
@@ -145,8 +146,8 @@ def test_summary_is_shaped_from_the_counters() -> None:
                          lag=[PartitionLag("t", 0, 10, 4, 6, 0.0)], ready={"ready": True})
     assert body["totals"] == {"consumed": 14, "valid": 11, "dead_lettered": 3}
     assert body["by_source"] == {
-        "mobile": {"consumed": 4, "valid": 3, "dead_lettered": 1},
-        "web": {"consumed": 10, "valid": 8, "dead_lettered": 2},
+        "mobile": {"consumed": 4, "valid": 3, "dead_lettered": 1, "duplicates": 0},
+        "web": {"consumed": 10, "valid": 8, "dead_lettered": 2, "duplicates": 1},
     }
     assert body["dead_letters"] == {"malformed_json": 2, "schema_violation": 1}
     assert body["rates"]["events_per_s"] == pytest.approx(1.0)  # (14 - 4) / 10 s
