@@ -190,9 +190,12 @@ class Aggregator:
         # every field first: a malformed event raises before any state absorbed its offset
         ts, value, etype, source = event["ts"], event.get("value"), event["type"], event["source"]
         user_id, eid = event["user_id"], event["event_id"]
-        ws = specs.user.newest_start(ts)
+        user, stats, seg = specs.user, specs.event, specs.segment
+        # the newest window start that no event can update any more, per table
+        expired = ret - specs.expires_ms
+        ws = ts - ts % user.step_ms
         missed: list[str] = []
-        if specs.is_gone(USER_ACTIVITY, ws, st, ret):
+        if ws <= max(st - user.size_ms - user.lateness_ms, expired):
             missed.append(USER_ACTIVITY)
         else:
             entry = self._user(touched, record, user_id, ws)
@@ -201,21 +204,22 @@ class Aggregator:
                 if eid in ids:  # counted before: an HTTP retry, a producer retry, a replay
                     self.duplicates[source] = self.duplicates.get(source, 0) + 1
                     return []
-                if ws + specs.user.size_ms + specs.dedupe_ms > st:
+                if ws + user.size_ms + specs.dedupe_ms > st:
                     ids[eid] = 1
                 add_activity(entry.value["agg"], etype, ts)
-        if specs.is_gone(EVENT_STATS, ws, st, ret):
+        if ws <= max(st - stats.size_ms - stats.lateness_ms, expired):
             missed.append(EVENT_STATS)
         else:
             agg = self._partial(touched, EVENT_STATS, record, (source, etype), ws)
             if agg is not None:
                 add_stats(agg, value, ts)
-        if specs.is_gone(SEGMENT_STATS, specs.segment.newest_start(ts), st, ret):
+        seg_cut = max(st - seg.size_ms - seg.lateness_ms, expired)
+        if ts - ts % seg.step_ms <= seg_cut:
             missed.append(SEGMENT_STATS)
         else:
             seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
-            for start in specs.segment.starts(ts):
-                if not specs.is_gone(SEGMENT_STATS, start, st, ret):
+            for start in seg.starts(ts):
+                if start > seg_cut:
                     agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
                     if agg is not None:
                         add_segment(agg, value, ts)

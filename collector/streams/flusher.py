@@ -112,6 +112,8 @@ class Flusher:
     final_sent: set[str] = field(default_factory=set)
     #: keys to send again without a change of their own (after a start or rebalance)
     resend: set[str] = field(default_factory=set)
+    #: user windows past the dedupe horizon whose event ids were dropped
+    pruned: set[str] = field(default_factory=set)
     started_at: float = field(default_factory=time.time)
 
     def rescan(self, assigned: Collection[tuple[str, int]]) -> None:
@@ -119,6 +121,7 @@ class Flusher:
         agg = self.aggregator
         agg.index.clear()
         self.final_sent.clear()
+        self.pruned.clear()
         owned = {p for _, p in assigned}
         for key, value in self.state.items():
             if value.get("partition") in owned:
@@ -178,8 +181,9 @@ class Flusher:
                 if gone and key in self.final_sent:
                     to_delete.append((partition, key))
                 continue
+            changed = self._prune_ids(key, entry, self._newest_st(partition, marks))
             if send:
-                if emit_final(entry, final, key in dirty):
+                if emit_final(entry, final, key in dirty) or changed:
                     self.state.set(partition, key, entry)
                 user_rows.append(to_row(table, self.specs, entry, final))
                 self.confirmed.pop(key, None)
@@ -187,6 +191,8 @@ class Flusher:
                     self.final_sent.add(key)  # in memory only: re-sent after a restart
             elif gone and self.confirmed.get(key, -1) == entry.get("rev", 0):
                 to_delete.append((partition, key))  # its last row is in every sink
+            elif changed:
+                self.state.set(partition, key, entry)
         # close marks go after the partials they cover: same producer, same partition order
         for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")
@@ -202,11 +208,31 @@ class Flusher:
             agg.index.pop(key, None)
             self.final_sent.discard(key)
             self.confirmed.pop(key, None)
+            self.pruned.discard(key)
             stats["deleted"] += 1
         if user_rows:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
+
+    def _past_dedupe(self, ws: int, st: int) -> bool:
+        return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st
+
+    def _newest_st(self, partition: int, marks: dict[str, Marks]) -> int:
+        """The partition's stream time: the newest of its raw topics' slots (a source
+        nobody uses must not keep every user window's ids)."""
+        return max(marks.get(slot_key(t, partition), (0, 0, 0))[1] for t in self.raw_topics)
+
+    def _prune_ids(self, key: str, entry: dict[str, Any], st: int) -> bool:
+        """Drop a user window's event ids once the partition's stream time passed its
+        dedupe horizon: they bound the state by the horizon, not by the lateness."""
+        if key in self.pruned or not self._past_dedupe(entry["ws"], st):
+            return False
+        self.pruned.add(key)
+        if not entry.get("ids"):
+            return False
+        entry["ids"] = {}
+        return True
 
     def _marks_of(self, key: str, entry: dict[str, Any] | None, partition: int,
                   marks: dict[str, Marks]) -> Marks:
@@ -228,6 +254,9 @@ class Flusher:
         mark, st, ret = self._marks_of(key, None, partition, marks)
         if self.specs.is_gone(table, ws, st, ret):
             return True  # to be deleted (or sent final first)
+        if (key[0] == "u" and key not in self.pruned
+                and self._past_dedupe(ws, self._newest_st(partition, marks))):
+            return True  # its event ids can go
         return key not in self.final_sent and self.specs.for_table(table).is_closed(ws, mark)
 
     def _close_marks(

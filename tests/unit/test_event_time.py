@@ -212,3 +212,23 @@ def test_home_partition_is_kafkas_default_partitioner() -> None:
 def test_window_horizons_are_validated(windows: dict[str, int], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         load_settings(windows=windows)
+
+
+async def test_event_ids_are_dropped_past_the_dedupe_horizon(specs: Specs) -> None:
+    """The ids bound the state by dedupe_seconds of event time, not by the lateness."""
+    clock = Clock(T0 / 1000 + 2 * 3600)
+    loop = Loop(specs, clock)
+    await loop.tick()
+    offsets = Offsets()
+    first = [event("u1", "click", T0 + i) for i in range(10)]
+    feed(loop, [offsets.item(e) for e in first])
+    await loop.tick()
+    key = f"u|u1|{T0}"
+    entry = loop.agg.state.get(0, key)
+    assert entry is not None and len(entry["ids"]) == 10
+    # stream time 16 min on (past end + dedupe 15 min, inside the lateness of 1 h)
+    feed(loop, [offsets.item(event("u2", "view", T0 + 16 * 60_000))])
+    await loop.tick()
+    entry = loop.agg.state.get(0, key)
+    assert entry is not None and entry["ids"] == {} and entry["agg"]["count"] == 10
+    assert loop.rows[("user_activity", T0, 60, ("u1",))].values["count"] == 10
