@@ -114,6 +114,8 @@ class Flusher:
     resend: set[str] = field(default_factory=set)
     #: user windows past the dedupe horizon whose event ids were dropped
     pruned: set[str] = field(default_factory=set)
+    #: per tick: partition -> (least marks of its raw topics' slots, newest stream time)
+    _by_partition: dict[int, tuple[Marks, int]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     def rescan(self, assigned: Collection[tuple[str, int]]) -> None:
@@ -147,6 +149,7 @@ class Flusher:
         now_ms = int(now_s * 1000)
         owned_parts = {p for _, p in assigned}
         marks = self._close_marks(assigned, now_s, now_ms)
+        self._by_partition.clear()
         agg = self.aggregator
         dirty, agg.dirty = agg.dirty, set()
         resend, self.resend = self.resend, set()
@@ -218,10 +221,21 @@ class Flusher:
     def _past_dedupe(self, ws: int, st: int) -> bool:
         return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st
 
+    def _partition_marks(self, partition: int, marks: dict[str, Marks]) -> tuple[Marks, int]:
+        """The least (close mark, stream time, retired) of a partition's raw-topic slots,
+        and its newest stream time; computed once per partition and tick."""
+        found = self._by_partition.get(partition)
+        if found is None:
+            triples = [marks.get(slot_key(t, partition), (0, 0, 0)) for t in self.raw_topics]
+            least = (min(m for m, _, _ in triples), min(s for _, s, _ in triples),
+                     min(r for _, _, r in triples))
+            found = self._by_partition[partition] = (least, max(s for _, s, _ in triples))
+        return found
+
     def _newest_st(self, partition: int, marks: dict[str, Marks]) -> int:
         """The partition's stream time: the newest of its raw topics' slots (a source
         nobody uses must not keep every user window's ids)."""
-        return max(marks.get(slot_key(t, partition), (0, 0, 0))[1] for t in self.raw_topics)
+        return self._partition_marks(partition, marks)[1]
 
     def _prune_ids(self, key: str, entry: dict[str, Any], st: int) -> bool:
         """Drop a user window's event ids once the partition's stream time passed its
@@ -241,9 +255,7 @@ class Flusher:
         if key[0] == "p":
             topic = entry["topic"] if entry is not None else key.split(SEP, 3)[2]
             return marks.get(slot_key(topic, partition), (0, 0, 0))
-        triples = [marks.get(slot_key(t, partition), (0, 0, 0)) for t in self.raw_topics]
-        return (min(m for m, _, _ in triples), min(s for _, s, _ in triples),
-                min(r for _, _, r in triples))
+        return self._partition_marks(partition, marks)[0]
 
     def _needs_visit(self, key: str, partition: int, marks: dict[str, Marks]) -> bool:
         """Whether a clean key might need its final send or its deletion, judged from the
