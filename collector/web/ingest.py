@@ -84,7 +84,9 @@ def bearer_ok(request: web.Request, token: str) -> bool:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # bytes: compare_digest raises on a non-ASCII str, which answered 500 instead of 401
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
