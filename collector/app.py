@@ -52,6 +52,8 @@ class CollectorApp(faust.App):
     #: topic -> batch handler that bypasses the stream (collector.transport.handoff);
     #: an instance attribute, set in __init__
     direct_handlers: dict[str, Any]
+    #: the settings the app was built from (the web server's auth reads them)
+    collector_settings: Settings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -157,6 +159,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> faust.App:
     """A configured, not yet started, Faust app."""
     app = CollectorApp(settings.app.id, **faust_options(settings))
+    app.collector_settings = settings
     app.lean_handoff = settings.kafka.lean_handoff
     app.shutdown_flush_timeout = settings.kafka.shutdown_flush_timeout
     return app

@@ -16,7 +16,6 @@ from collector import app, settings
 from collector.observability import health
 from collector.observability.health import Thresholds
 from collector.streams.runtime import runtime
-from collector.web.ingest import bearer_ok
 
 blueprint = web.Blueprint("ops")
 
@@ -24,8 +23,6 @@ blueprint = web.Blueprint("ops")
 @blueprint.route("/metrics", name="metrics")
 class MetricsView(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        if not bearer_ok(request, settings.web.api_token.get_secret_value()):
-            return self.json({"error": "missing or wrong bearer token"}, status=401)
         body = generate_latest(runtime.registry)
         return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -1,7 +1,10 @@
-"""Faust's aiohttp web server, minus its placeholder index, so ``/`` is our web view.
+"""Faust's aiohttp web server with none of Faust's own pages, behind collector's auth.
 
-Faust mounts ``{"status": "OK"}`` at ``/`` before the app's own pages, and aiohttp
-answers with the first route that matches, so our ``/`` would never be reached.
+Faust mounts ``{"status": "OK"}`` at ``/`` before the app's own pages (aiohttp answers
+with the first route that matches, so our ``/`` would never be reached), and serves
+``/router/`` and ``/table/`` with no authentication at all: the second dumps raw
+window state.  The query API covers what they offered, so none of them is mounted, and
+every route goes through :mod:`collector.web.auth`.
 """
 
 from __future__ import annotations
@@ -10,6 +13,15 @@ from typing import Any, ClassVar
 
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from collector.web import auth
+
 
 class Web(AiohttpWeb):
+    default_blueprints: ClassVar[list[Any]] = []
     production_blueprints: ClassVar[list[Any]] = []
+    debug_blueprints: ClassVar[list[Any]] = []
+    optional_blueprints: ClassVar[list[Any]] = []
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.web_app.middlewares.append(auth.middleware(app.collector_settings.web))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from collector.web.ingest import bearer_ok
+from collector.web.auth import bearer_ok
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -1,0 +1,98 @@
+"""Every route the worker serves, with both tokens set: which ones answer without one.
+
+The list comes from the worker's own aiohttp router (Faust's blueprints and ours, as
+the worker builds it), so a route added later, or a Faust upgrade that mounts a new
+built-in page, is checked without anyone remembering to add it here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+import collector
+from collector.app import AUTODISCOVER
+from collector.web.auth import PUBLIC_PATHS
+
+API, INGEST = "api-token-0123456789abcdef", "ingest-token-0123456789abcdef"
+
+
+def _built_web() -> Any:
+    for package in AUTODISCOVER:
+        pkg = importlib.import_module(package)
+        for module in pkgutil.walk_packages(pkg.__path__, package + "."):
+            importlib.import_module(module.name)
+    web = collector.app.web
+    if not getattr(web, "_routes_test_initialised", False):
+        web.init_server()
+        web._routes_test_initialised = True
+    return web
+
+
+def routes() -> list[tuple[str, str]]:
+    out = []
+    for route in _built_web().web_app.router.routes():
+        if route.method in ("HEAD", "OPTIONS"):
+            continue
+        path = re.sub(r"\{[^}]+\}", "app", route.resource.canonical)
+        out.append((route.method, path))
+    return sorted(set(out))
+
+
+@pytest.fixture
+async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+    web_settings = collector.app.collector_settings.web
+    monkeypatch.setattr(web_settings, "api_token", SecretStr(API))
+    monkeypatch.setattr(web_settings, "ingest_token", SecretStr(INGEST))
+    async with TestClient(TestServer(_fresh_copy(_built_web().web_app))) as c:
+        yield c
+
+
+def _fresh_copy(built: web.Application) -> web.Application:
+    """The worker's routes and middlewares in a new Application: aiohttp binds one to
+    the first event loop that serves it, and each test has its own loop."""
+    copy = web.Application(middlewares=list(built.middlewares))
+    for route in built.router.routes():
+        if route.method != "HEAD":
+            copy.router.add_route(route.method, route.resource.canonical, route.handler)
+    return copy
+
+
+def test_faust_builtin_pages_are_not_served() -> None:
+    paths = {path for _, path in routes()}
+    assert not [p for p in paths if p.startswith(("/router", "/table", "/graph", "/stats"))]
+    assert {"/livez", "/readyz", "/metrics", "/api/v1/summary"} <= paths
+
+
+@pytest.mark.parametrize(("method", "path"), routes())
+async def test_every_route_needs_its_token(client: TestClient[Any, Any], method: str,
+                                           path: str) -> None:
+    public = path in PUBLIC_PATHS
+    token = INGEST if path.startswith("/api/v1/events/") else API
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                    {"Authorization": "Basic " + token}, {"Authorization": "Bearer"},
+                    {"Authorization": "Bearer " + token + "ü"},
+                    {"Authorization": "Bearer " + (API if token == INGEST else INGEST)}):
+        response = await client.request(method, path, headers=headers, data=b"{}")
+        if public:
+            assert response.status != 401, (method, path, headers)
+        else:
+            assert response.status == 401, (method, path, headers)
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert "token" not in (await response.text()).lower().replace("bearer token", "")
+    response = await client.request(method, path, data=b"{}",
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert response.status != 401, (method, path)
+
+
+async def test_unknown_paths_are_refused_before_routing(client: TestClient[Any, Any]) -> None:
+    for path in ("/table/collector-state/", "/router/", "/nope", "/metrics/../table/"):
+        assert (await client.get(path)).status == 401
