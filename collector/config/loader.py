@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -13,16 +14,32 @@ from collector.config.errors import SettingsError
 from collector.config.settings import Settings
 
 
-def _is_secret(loc: tuple[Any, ...]) -> bool:
+def _field(loc: tuple[Any, ...]) -> Any:
+    """The annotation of the field at ``loc``, or None when there is no such field."""
     model: Any = Settings
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return False
+            return None
         field = model.model_fields.get(str(part))
         if field is None:
-            return False
+            return None
         model = field.annotation
-    return model is SecretStr
+    return model
+
+
+def _showable(loc: tuple[Any, ...]) -> bool:
+    """A value may be echoed only for a known field that is not a secret: a misspelt
+    ``..._TOKN`` is unknown, and its value is as secret as the token's."""
+    annotation = _field(loc)
+    return annotation is not None and annotation is not SecretStr
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    section = _field(loc[:-1])
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f"; did you mean {'.'.join(map(str, loc[:-1]))}.{close[0]}?" if close else ""
 
 
 def env_name(loc: tuple[Any, ...]) -> str:
@@ -33,14 +50,16 @@ def env_name(loc: tuple[Any, ...]) -> str:
 def _describe(error: Any) -> str:
     loc = tuple(p for p in error["loc"] if not isinstance(p, int))
     dotted = ".".join(str(p) for p in loc) or "settings"
-    msg = error["msg"]
+    msg = error["msg"].removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        msg += _suggestion(loc)
     if len(loc) > 1:
         ini_key = ".".join(map(str, loc[1:]))
         text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {ini_key}): {msg}"
     else:
         text = f"{dotted}: {msg}"
     shown_ok = isinstance(error.get("input"), str | int | float | bool)  # never a section dict
-    if error.get("type") != "missing" and shown_ok and len(loc) > 1 and not _is_secret(loc):
+    if error.get("type") != "missing" and shown_ok and len(loc) > 1 and _showable(loc):
         shown = repr(error["input"])
         text += f" (got {shown[:80]})"
     return text

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from collector.config.exposure import token_problems
 from collector.config.ini import IniSettingsSource
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -326,6 +327,17 @@ class WebSettings(_Section):
     ready_sink_failing_seconds: float = Field(
         default=60.0, gt=0, description="Not ready when a sink has been failing this long."
     )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Allow empty tokens on a non-loopback web.host (trusted networks only).",
+    )
+
+    @model_validator(mode="after")
+    def _tokens(self) -> WebSettings:
+        problems = token_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class IngestSettings(_Section):

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from collector.cli.main import build_parser
-from collector.config import Settings, WebSettings, load_settings
+from collector.config import Settings, SettingsError, WebSettings, load_settings
 from collector.config.docs import all_env_vars
 from collector.observability import Metrics
 
@@ -656,7 +656,14 @@ def test_k8s_worker_environment_validates(monkeypatch: pytest.MonkeyPatch) -> No
     worker = _worker_container()
     instance = [e for e in worker["env"] if e["name"] == "COLLECTOR_APP__INSTANCE_ID"]
     assert instance[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    s = _settings_from(_k8s_container_env(worker), monkeypatch)
+    env = _k8s_container_env(worker)
+    # as shipped, the Secret's placeholder tokens stop the worker (it binds 0.0.0.0)
+    with pytest.raises(SettingsError, match=r"web\.ingest_token") as refused:
+        _settings_from(env, monkeypatch)
+    assert "web.api_token" in str(refused.value) and "CHANGE-ME" not in str(refused.value)
+    tokens = {"COLLECTOR_WEB__INGEST_TOKEN": "3f9a0c5e1b7d2a4c6e8f",
+              "COLLECTOR_WEB__API_TOKEN": "a1b2c3d4e5f60718293a"}
+    s = _settings_from({**env, **tokens}, monkeypatch)
     assert s.app.instance_id == "collector-0"
     assert s.web.advertised_host == "collector-0.collector-headless.collector.svc"
     assert s.web.host == "0.0.0.0"
