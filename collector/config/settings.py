@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
@@ -22,8 +20,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from collector.config.exposure import token_problems
+from collector.config.http import IngestSettings, WebSettings
 from collector.config.ini import IniSettingsSource
+from collector.config.section import Section as _Section
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SOURCE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -37,10 +36,6 @@ def _split_csv(value: Any) -> Any:
 
 
 CsvList = Annotated[list[str], NoDecode]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class KafkaSettings(_Section):
@@ -294,64 +289,6 @@ class WindowSettings(_Section):
             raise ValueError(f"expires_seconds must cover the largest window plus "
                              f"allowed_lateness_seconds (at least {needed})")
         return self
-
-
-class WebSettings(_Section):
-    """Faust's web server: view, API, metrics, ingest."""
-
-    host: str = Field(default="127.0.0.1", description="Bind address.")
-    port: int = Field(default=16066, ge=1, le=65535, description="Bind port.")
-    advertised_host: str = Field(
-        default="127.0.0.1", description="Host other workers use to reach this one."
-    )
-    ingest_token: SecretStr = Field(
-        default=SecretStr(""), description="Bearer token for HTTP ingest (empty: no auth)."
-    )
-    api_token: SecretStr = Field(
-        default=SecretStr(""), description="Bearer token for API and metrics (empty: no auth)."
-    )
-    max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest HTTP ingest body."
-    )
-    faust_sensors: bool = Field(
-        default=True, description="Export Faust's own sensor metrics (faust_*) on /metrics."
-    )
-    observe_interval_seconds: float = Field(
-        default=2.0, gt=0, le=60,
-        description="How often consumer lag and the web view's rate history are sampled.",
-    )
-    ready_stall_seconds: float = Field(
-        default=120.0, gt=0,
-        description="Not ready when a raw partition lags with no commit progress this long.",
-    )
-    ready_sink_failing_seconds: float = Field(
-        default=60.0, gt=0, description="Not ready when a sink has been failing this long."
-    )
-    allow_anonymous: bool = Field(
-        default=False,
-        description="Allow empty tokens on a non-loopback web.host (trusted networks only).",
-    )
-
-    @model_validator(mode="after")
-    def _tokens(self) -> WebSettings:
-        problems = token_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-class IngestSettings(_Section):
-    """The event contract's tunable limits."""
-
-    max_message_bytes: int = Field(default=64 * 1024, ge=256, description="Largest raw message.")
-    max_batch_events: int = Field(default=500, ge=1, description="Largest batch envelope.")
-    future_skew_seconds: int = Field(default=300, ge=0, description="Allowed clock skew ahead.")
-    allow_unknown_fields: bool = Field(
-        default=False, description="Drop unknown top-level fields instead of rejecting."
-    )
-    forward_enriched: bool = Field(
-        default=True, description="Produce every enriched event to the enriched topic."
-    )
 
 
 class AppSettings(_Section):

@@ -22,11 +22,15 @@ from collector import app, settings
 from collector.models import Limits
 from collector.sources.kafka import client_kwargs
 from collector.streams.runtime import runtime
-from collector.web.ingest_logic import BodyError, parse_body, plan_ingest
+from collector.web.ingest_logic import BodyError, IngestPlan, Planner, parse_body
 
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT = 5.0
+#: items validated between two yields to the event loop (~5 ms of work)
+PLAN_CHUNK = 1000
+#: how long a request waits for a parsing slot before it is told to come back
+SLOT_WAIT_S = 2.0
 
 
 class IngestProducer(mode.Service):
@@ -43,6 +47,9 @@ class IngestProducer(mode.Service):
                 producer = AIOKafkaProducer(
                     **client_kwargs(settings),
                     acks="all",
+                    # a retried produce request is not written twice (503 -> client retry
+                    # duplicates remain; the consumer's event_id dedupe absorbs those)
+                    enable_idempotence=True,
                     linger_ms=2,
                     request_timeout_ms=int(SEND_TIMEOUT * 1000),
                     max_request_size=max(1_048_576, settings.ingest.max_message_bytes * 2),
@@ -73,6 +80,9 @@ class IngestProducer(mode.Service):
 
 
 ingest_producer = IngestProducer()
+#: bounds the bodies held and parsed at once: a burst of 4 MB bodies is queued (unread,
+#: so unbuffered) instead of parsed side by side
+_slots = asyncio.Semaphore(settings.ingest.max_concurrent_requests)
 app.add_dependency(ingest_producer)
 blueprint = web.Blueprint("ingest")
 
@@ -101,16 +111,41 @@ class IngestView(web.View):
         if source not in settings.kafka.sources:
             return self.json({"error": f"unknown source {source!r}",
                               "sources": settings.kafka.sources}, status=404)
+        try:
+            async with asyncio.timeout(SLOT_WAIT_S):
+                await _slots.acquire()
+        except TimeoutError:
+            return self.json({"error": "too many ingest requests in progress; retry"},
+                             status=503, headers={"Retry-After": "1"})
+        try:
+            plan = await self._plan(request, source)
+        finally:
+            _slots.release()
+        if isinstance(plan, IngestPlan):
+            return await self._produce(source, plan)
+        return plan
+
+    async def _plan(self, request: web.Request, source: str) -> IngestPlan | web.Response:
+        """Read, parse and validate one body, never long on the loop (slot held)."""
         limit = settings.web.max_body_bytes
         body = await read_limited(request, limit)
         if body is None:
             return self.json({"error": f"body larger than {limit} bytes"}, status=413)
+        ingest = settings.ingest
         try:
-            items = parse_body(body)
+            items = parse_body(body, ingest.max_request_events)
         except BodyError as exc:
-            return self.json({"error": str(exc)}, status=400)
-        limits = Limits.from_settings(settings.ingest)
-        plan = plan_ingest(items, source, limits, int(time.time() * 1000))
+            return self.json({"error": str(exc)}, status=exc.status)
+        del body
+        planner = Planner(source, Limits.from_settings(ingest), int(time.time() * 1000),
+                          ingest.max_echoed_rejects)
+        for start in range(0, len(items), PLAN_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            planner.add(items[start:start + PLAN_CHUNK], start)
+        return planner.finish()
+
+    async def _produce(self, source: str, plan: IngestPlan) -> web.Response:
         metrics = runtime.metrics
         if plan.envelopes:
             try:
@@ -121,8 +156,8 @@ class IngestView(web.View):
                 return self.json({"error": "broker unavailable; nothing was accepted",
                                   "accepted": 0}, status=503, headers={"Retry-After": "5"})
         metrics.http_ingest.labels(source, "accepted").inc(plan.accepted)
-        metrics.http_ingest.labels(source, "rejected").inc(len(plan.rejected))
-        return self.json({"accepted": plan.accepted, "rejected": plan.rejected}, status=202)
+        metrics.http_ingest.labels(source, "rejected").inc(plan.rejected_total)
+        return self.json(plan.answer(), status=202)
 
 
 blueprint.register(app, url_prefix="")

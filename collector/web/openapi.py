@@ -114,13 +114,18 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
                 "application/json": {"schema": {}}, "application/x-ndjson": {"schema": {}}}},
             "responses": {
                 "202": _json({"type": "object", "properties": {
-                    "accepted": _INT, "rejected": {"type": "array", "items": {}}}},
-                    "The broker acknowledged every accepted event."),
+                    "accepted": _INT, "rejected": {"type": "array", "items": {}},
+                    "rejected_total": _INT,
+                    "rejected_by_reason": {"type": "object", "additionalProperties": _INT}}},
+                    "The broker acknowledged every accepted event; `rejected` lists the "
+                    "first ingest.max_echoed_rejects rejects, the counts cover all."),
                 "400": _json(_ERROR, "The body is not JSON."),
                 "401": _json(_ERROR, "web.ingest_token is set and the token is wrong."),
                 "404": _json(_ERROR, "Unknown source."),
-                "413": _json(_ERROR, "Body larger than web.max_body_bytes."),
-                "503": _json(_ERROR, "Broker unavailable; nothing was accepted."),
+                "413": _json(_ERROR, "Body larger than web.max_body_bytes, or more events "
+                                     "than ingest.max_request_events."),
+                "503": _json(_ERROR, "Broker unavailable, or too many requests in progress; "
+                                     "nothing was accepted (see Retry-After)."),
             }}},
         "/metrics": {"get": {
             "summary": "Prometheus metrics", "tags": ["ops"], "security": [{"bearer": []}, {}],

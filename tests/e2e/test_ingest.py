@@ -108,7 +108,8 @@ async def test_right_token_is_202(served: Worker) -> None:
     for auth in (f"Bearer {TOKEN}", f"bearer {TOKEN}"):
         status, body, _ = await post(served, "web", orjson.dumps(ev("a-" + tag())),
                                      {"Authorization": auth})
-        assert (status, body) == (202, {"accepted": 1, "rejected": []})
+        assert (status, body) == (202, {"accepted": 1, "rejected": [],
+                                        "rejected_total": 0, "rejected_by_reason": {}})
 
 
 async def test_unknown_source_is_404(served: Worker) -> None:
@@ -284,7 +285,8 @@ async def test_broker_down_is_503_and_nothing_accepted(
         worker.wait_ready()
         if warm:
             status, answer, _ = await post(worker, "web", orjson.dumps(ev("up-" + tag())))
-            assert (status, answer) == (202, {"accepted": 1, "rejected": []})
+            assert (status, answer) == (202, {"accepted": 1, "rejected": [],
+                                              "rejected_total": 0, "rejected_by_reason": {}})
 
         broker.kill()
         broker.wait(10)

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.models import Limits, decode_message
-from collector.web.ingest_logic import BodyError, parse_body, plan_ingest
+from collector.web.ingest_logic import (
+    BodyError,
+    Planner,
+    TooManyEvents,
+    check_size,
+    parse_body,
+    plan_ingest,
+)
 
 NOW = 1_795_514_400_000
 
@@ -202,3 +209,58 @@ def test_envelopes_never_exceed_limits_nor_split_early(
             packed = 2 + sum(map(len, current)) + len(current) - 1
             assert len(current) == max_events or packed + 1 + len(following[0]) > max_bytes
     assert len(decode_all(plan.envelopes, "web", limits)) == plan.accepted
+
+
+# ---------------------------------------------------------------- bounded requests
+
+
+@pytest.mark.parametrize("body", [
+    b"[" + b",".join([b"{}"] * 1_300_000) + b"]",   # the 4 MB body that stalled a worker
+    b"\n".join([b"{}"] * 1_300_000),                # the same as NDJSON (no commas)
+    b"[" + b",".join([b"1"] * 400_000) + b"]",
+], ids=["array", "ndjson", "numbers"])
+def test_a_body_of_a_million_items_is_refused_unparsed(body: bytes) -> None:
+    with pytest.raises(TooManyEvents, match="max_request_events") as info:
+        check_size(body, 5000)
+    assert info.value.status == 413
+    with pytest.raises(TooManyEvents):
+        parse_body(body, 5000)
+
+
+def test_the_event_cap_is_exact() -> None:
+    at_cap = orjson.dumps([ev(f"e{i}") for i in range(50)])
+    assert len(parse_body(at_cap, 50)) == 50
+    with pytest.raises(TooManyEvents, match="51 events; at most 50"):
+        parse_body(orjson.dumps([ev(f"e{i}") for i in range(51)]), 50)
+    ndjson = b"\n".join(orjson.dumps(ev(f"e{i}")) for i in range(51))
+    with pytest.raises(TooManyEvents):
+        parse_body(ndjson, 50)
+    # events with many properties are still fine under the separator budget
+    wide = [ev(f"w{i}", properties={f"p{k}": k for k in range(40)}) for i in range(50)]
+    assert len(parse_body(orjson.dumps(wide), 50)) == 50
+
+
+def test_rejects_are_echoed_up_to_the_cap_and_all_counted() -> None:
+    items: list[object] = [{} for _ in range(250)] + [ev("ok")]
+    big = ev("big", properties={f"k{i}": "v" * 256 for i in range(4)})
+    items.append(big)
+    limits = Limits(max_message_bytes=len(orjson.dumps(big)) - 1)
+    plan = plan_ingest(items, "web", limits, NOW, max_echoed=100)
+    answer = plan.answer()
+    assert answer["accepted"] == 1
+    assert len(answer["rejected"]) == 100
+    assert [r["index"] for r in answer["rejected"]] == list(range(100))
+    assert answer["rejected_total"] == 251
+    assert answer["rejected_by_reason"] == {"schema_violation": 250, "too_large": 1}
+    assert len(orjson.dumps(answer)) < 20_000
+
+
+def test_planning_in_chunks_equals_planning_at_once() -> None:
+    items: list[object] = [ev(f"e{i}", f"u{i % 7}") if i % 5 else {} for i in range(2500)]
+    whole = plan_ingest(items, "web", Limits(), NOW, max_echoed=10_000)
+    planner = Planner("web", Limits(), NOW, 10_000)
+    for start in range(0, len(items), 1000):
+        planner.add(items[start:start + 1000], start)
+    stepped = planner.finish()
+    assert stepped.answer() == whole.answer()
+    assert sorted(stepped.envelopes) == sorted(whole.envelopes)
