@@ -54,6 +54,8 @@ class CollectorApp(faust.App):
     direct_handlers: dict[str, Any]
     #: the settings the app was built from (the web server's auth reads them)
     collector_settings: Settings
+    #: why the fetcher stopped consuming (it died, or a batch handler raised): /livez
+    fetcher_failure: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

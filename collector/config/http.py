@@ -37,7 +37,13 @@ class WebSettings(_Section):
         description="Not ready when a raw partition lags with no commit progress this long.",
     )
     ready_sink_failing_seconds: float = Field(
-        default=60.0, gt=0, description="Not ready when a sink has been failing this long."
+        default=60.0, gt=0,
+        description="GET /healthz/sinks answers 503 once a sink has been failing this long "
+        "(readiness does not depend on sinks).",
+    )
+    ready_produce_failing_seconds: float = Field(
+        default=10.0, gt=0,
+        description="Not ready when a topic has refused the worker's writes this long.",
     )
     allow_anonymous: bool = Field(
         default=False,

@@ -110,6 +110,11 @@ class KafkaSettings(_Section):
         description="Produce a valid event that arrived on a partition its user_id does "
         "not map to (murmur2) again to the right one, and count it there.",
     )
+    poison_attempts: int = Field(
+        default=3, ge=1, le=20,
+        description="Times a raw message may make processing fail before it is "
+        "dead-lettered as internal_error.",
+    )
     lean_handoff: bool = Field(
         default=True,
         description="Hand each fetched message to its stream without Faust's per-message "

@@ -24,6 +24,7 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     LATE = "late"
     SINK_REJECTED = "sink_rejected"
+    INTERNAL_ERROR = "internal_error"
 
 
 class ErrorItem(TypedDict):

@@ -65,6 +65,15 @@ class Metrics:
             "late_events", "Events past their window's allowed lateness", ["table"],
             namespace=ns, registry=registry,
         )
+        # producing (dead letters, forwarding, changelogs, partials)
+        self.produce_failures = Counter(
+            "produce_failures", "Deliveries the broker refused (each is produced again)",
+            ["topic"], namespace=ns, registry=registry,
+        )
+        self.produce_failing = Gauge(
+            "produce_failing", "1 while a topic refuses the worker's writes", ["topic"],
+            namespace=ns, registry=registry,
+        )
         # sinks
         self.sink_rows = Counter(
             "sink_rows_written", "Rows written", ["sink"], namespace=ns, registry=registry

@@ -132,10 +132,20 @@ class Aggregator:
     replayed: int = 0
     #: source -> events not counted because their (user_id, event_id) was counted before
     duplicates: dict[str, int] = field(default_factory=dict)
+    #: (topic, partition, offset) of records some window counted, since forget_folded
+    folded: set[tuple[str, int, int]] = field(default_factory=set)
 
     def slot(self, topic: str, partition: int) -> dict[str, Any]:
         value = self.state.get(partition, slot_key(topic, partition))
         return new_slot(topic, partition) if value is None else value
+
+    def absorbed(self, record: RawRecord) -> bool:
+        """Whether a window counted (or recognised as a duplicate) an event of
+        ``record`` since :meth:`forget_folded`, even if something failed after."""
+        return (record.topic, record.partition, record.offset) in self.folded
+
+    def forget_folded(self) -> None:
+        self.folded.clear()
 
     def apply(self, batch: Sequence[tuple[RawRecord, dict[str, Any]]]) -> list[Late]:
         """Fold ``batch`` into state; return the events that were too late for a window.
@@ -203,16 +213,19 @@ class Aggregator:
                 ids: dict[str, int] = entry.value.setdefault("ids", {})
                 if eid in ids:  # counted before: an HTTP retry, a producer retry, a replay
                     self.duplicates[source] = self.duplicates.get(source, 0) + 1
+                    self.folded.add((record.topic, record.partition, record.offset))
                     return []
                 if ws + user.size_ms + specs.dedupe_ms > st:
                     ids[eid] = 1
                 add_activity(entry.value["agg"], etype, ts)
+                self.folded.add((record.topic, record.partition, record.offset))
         if ws <= max(st - stats.size_ms - stats.lateness_ms, expired):
             missed.append(EVENT_STATS)
         else:
             agg = self._partial(touched, EVENT_STATS, record, (source, etype), ws)
             if agg is not None:
                 add_stats(agg, value, ts)
+                self.folded.add((record.topic, record.partition, record.offset))
         seg_cut = max(st - seg.size_ms - seg.lateness_ms, expired)
         if ts - ts % seg.step_ms <= seg_cut:
             missed.append(SEGMENT_STATS)

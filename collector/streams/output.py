@@ -18,10 +18,13 @@ from typing import Any
 import faust
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from collector.streams.delivery import ProduceHealth, until_delivered
 from collector.streams.processor import Headers
 
 log = logging.getLogger(__name__)
 
+#: (key, value) -> (key, value to produce if the record must be sent again)
+Refresh = Callable[[bytes, bytes | None], tuple[bytes, bytes | None]]
 #: bytes per forwarded record batch: a quarter of Kafka's default message.max.bytes
 FORWARD_BATCH_BYTES = 256 * 1024
 #: cached key -> partition entries before the cache is cleared (users are ~10^4..10^6)
@@ -33,11 +36,15 @@ class KafkaOutput:
 
     A send that fails is retried with backoff rather than raised: an exception in a
     Faust agent acks the batch, which would lose it.  Blocking here is backpressure.
+    The futures returned resolve only once the broker acked the record, producing it
+    again as often as it takes (:mod:`collector.streams.delivery`).
     """
 
-    def __init__(self, app: faust.App, max_backoff: float = 5.0) -> None:
+    def __init__(self, app: faust.App, max_backoff: float = 5.0,
+                 health: ProduceHealth | None = None) -> None:
         self._app = app
         self._max_backoff = max_backoff
+        self.health = health if health is not None else ProduceHealth()
         #: topic -> (partition count, key -> partition)
         self._partitions: dict[str, tuple[int, dict[bytes, int]]] = {}
 
@@ -45,6 +52,20 @@ class KafkaOutput:
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
         partition: int | None = None,
     ) -> Awaitable[Any]:
+        """Hand one record to the producer; a future of its (eventual) delivery."""
+        fut = await self.send_once(topic, key, value, headers, partition)
+
+        async def again() -> Awaitable[Any]:
+            return await self.send_once(topic, key, value, headers, partition)
+
+        return asyncio.ensure_future(until_delivered(fut, again, topic, self.health,
+                                                     self._max_backoff))
+
+    async def send_once(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
+        partition: int | None = None,
+    ) -> Awaitable[Any]:
+        """One attempt's delivery future (may fail); the call itself retries."""
         delay = 0.1
         while True:
             try:
@@ -100,6 +121,34 @@ class KafkaOutput:
 
         return partition_of
 
+    async def deliver_batch(self, batch: BatchBuilder, topic: str, partition: int,
+                            records: list[tuple[bytes, bytes | None]],
+                            refresh: Refresh | None) -> Awaitable[tuple[int, int]]:
+        """Send ``batch``; a future of (partition, offset of its last record) once acked.
+
+        If the broker refuses it, ``records`` (``refresh``-ed: a changelog sends each
+        key's newest value, never an older one after a newer) are produced again.
+        """
+        fut = await self.send_batch(batch, topic, partition)
+        count = len(records)
+
+        async def first() -> tuple[int, int]:
+            meta = await fut
+            return meta.partition, meta.offset + count - 1
+
+        async def again() -> Awaitable[tuple[int, int]]:
+            fresh = [refresh(k, v) for k, v in records] if refresh is not None else records
+            futures = [await self.send_once(topic, k, v, None, partition) for k, v in fresh]
+
+            async def last() -> tuple[int, int]:
+                metas = await asyncio.gather(*futures)
+                return metas[-1].partition, metas[-1].offset
+
+            return last()
+
+        return asyncio.ensure_future(until_delivered(first(), again, topic, self.health,
+                                                     self._max_backoff))
+
     async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
                          ) -> Awaitable[Any]:
         delay = 0.1
@@ -136,6 +185,8 @@ class Batches:
         self._output = output
         self._open: dict[int, BatchBuilder] = {}
         self._full: list[tuple[int, BatchBuilder]] = []
+        #: each batch's records, to produce again if the broker refuses the batch
+        self._kept: dict[int, list[tuple[bytes, bytes | None]]] = {}
         #: fallback: one send each
         self._records: list[tuple[bytes, bytes | None, int | None]] = []
 
@@ -150,17 +201,23 @@ class Batches:
         batch = self._open.get(partition)
         if batch is None:
             batch = self._open[partition] = self._new_batch()
+            self._kept[id(batch)] = []
         if batch.append(timestamp=None, key=key, value=value) is None:  # full
             self._full.append((partition, batch))
             batch = self._open[partition] = self._new_batch()
+            self._kept[id(batch)] = []
             batch.append(timestamp=None, key=key, value=value)
+        self._kept[id(batch)].append((key, value))
 
     async def submit(
-        self, on_delivered: Callable[[int, int], None] | None = None
+        self, on_delivered: Callable[[int, int], None] | None = None,
+        refresh: Refresh | None = None,
     ) -> list[Awaitable[Any]]:
-        """Hand every batch to the producer (in order per partition); their futures.
+        """Hand every batch to the producer (in order per partition); their futures,
+        which resolve once the broker acked every record (produced again if need be).
 
-        ``on_delivered(partition, last_offset)`` runs for each batch the broker acked.
+        ``on_delivered(partition, last_offset)`` runs for each batch the broker acked;
+        ``refresh(key, value)`` gives the value to produce if a batch must be sent again.
         """
         out, topic = self._output, self._topic
         futures: list[Awaitable[Any]] = []
@@ -171,11 +228,12 @@ class Batches:
             futures.append(fut)
         for partition, batch in [*self._full, *self._open.items()]:
             batch.close()  # ours alone: aiokafka must not add other sends to it
-            fut = await out.send_batch(batch, topic, partition)
+            records = self._kept.pop(id(batch), [])
+            last = await out.deliver_batch(batch, topic, partition, records, refresh)
             if on_delivered is not None:
-                _when_delivered(fut, on_delivered, batch.record_count())
-            futures.append(fut)
-        self._records, self._full, self._open = [], [], {}
+                _when_acked(last, on_delivered)
+            futures.append(last)
+        self._records, self._full, self._open, self._kept = [], [], {}, {}
         return futures
 
 
@@ -187,5 +245,13 @@ def _when_delivered(fut: Any, on_delivered: Callable[[int, int], None], count: i
             return  # the awaiting caller sees the failure; nothing was persisted
         meta = f.result()
         on_delivered(meta.partition, meta.offset + count - 1)
+
+    fut.add_done_callback(done)
+
+
+def _when_acked(fut: Any, on_delivered: Callable[[int, int], None]) -> None:
+    def done(f: asyncio.Future[tuple[int, int]]) -> None:
+        if not (f.cancelled() or f.exception() is not None):
+            on_delivered(*f.result())
 
     fut.add_done_callback(done)

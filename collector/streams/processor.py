@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -80,6 +81,39 @@ class Batches(Protocol):
     async def submit(self) -> list[Awaitable[Any]]: ...
 
 
+#: a record to produce: topic, key, value, headers, partition (None: the key's)
+Outgoing = tuple[str, bytes | None, bytes, Headers | None, int | None]
+
+
+class Counts:
+    """Metric increments decided during a batch, applied at once when it is decided."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, tuple[str, ...]], int] = {}
+
+    def add(self, metric: str, *labels: str, n: int = 1) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + n
+
+    def apply(self, metrics: Metrics) -> None:
+        """Increment; ``consumed`` last (see :meth:`RawProcessor.process`)."""
+        items = sorted(self._counts.items(), key=lambda kv: kv[0][0] == "consumed")
+        for (metric, labels), n in items:
+            getattr(metrics, metric).labels(*labels).inc(n)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``internal error: KeyError at collector/x.py:12 in f: 'k'`` (where it was raised)."""
+    where = ""
+    tb = exc.__traceback__
+    if tb is not None:
+        frame = traceback.extract_tb(tb)[-1]
+        where = f" at {frame.filename.rsplit('/collector/', 1)[-1]}:{frame.lineno} in {frame.name}"
+    return f"internal error: {type(exc).__qualname__}{where}: {str(exc)[:200]}"
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What one batch produced; ``enriched`` feeds the aggregations."""
@@ -117,6 +151,7 @@ class RawProcessor:
         self._partitions = settings.kafka.partitions
         self._reroute = settings.kafka.reroute_misrouted
         self._homes: dict[str, int] = {}
+        self._poison_attempts = settings.kafka.poison_attempts
 
     def _home(self, user_id: str) -> int:
         home = self._homes.get(user_id)
@@ -127,86 +162,93 @@ class RawProcessor:
         return home
 
     async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
-        """Process a batch; returns only once everything is accepted by ``out``."""
+        """Process a batch; returns only once everything is accepted by ``out``.
+
+        Everything is decided first (records to send, counts, window state), then the
+        counts are applied and the records sent, so a failure before that point leaves
+        nothing behind to count or send twice when the batch is retried.  Past it only
+        the producer can fail, and it produces again until the broker acks.
+        """
         now_ms = int(self._clock() * 1000)
         result = BatchResult()
-        pending: list[Awaitable[Any]] = []
+        counts = Counts()
+        outgoing: list[Outgoing] = []
         valid: list[tuple[RawRecord, str, dict[str, Any]]] = []
         consumed: dict[str, int] = {}
-        rerouted: dict[str, int] = {}
-        messages: dict[str, int] = {}  # counted per batch: a labelled inc costs ~2 µs
+        deadletter_topic = self._kafka.deadletter_topic
         for record in records:
             source = self._kafka.source_of(record.topic)
             if source is None:  # not ours: the agent subscribes raw topics only
                 log.warning("ignoring message from foreign topic %s", record.topic)
                 continue
             decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
-            messages[source] = messages.get(source, 0) + 1
+            counts.add("messages", source)
             count = len(decoded.events) + len(decoded.rejects)
             for event in decoded.events:
                 if self._reroute and self._home(event["user_id"]) != record.partition:
-                    pending.append(await self._send_home(record, event, out))
+                    outgoing.append(self._home_record(record, event))
                     count -= 1  # consumed where it belongs
-                    rerouted[source] = rerouted.get(source, 0) + 1
+                    counts.add("rerouted", source)
                 else:
                     valid.append((record, source, event))
             consumed[source] = consumed.get(source, 0) + count
             for reject in decoded.rejects:
                 payload = dead_letter_record(
-                    reject,
-                    source=source,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    raw=record.value,
-                    received_at_ms=now_ms,
+                    reject, source=source, topic=record.topic, partition=record.partition,
+                    offset=record.offset, raw=record.value, received_at_ms=now_ms,
                 )
                 headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
-                pending.append(
-                    await out.send(self._kafka.deadletter_topic, record.key, payload, headers)
-                )
-                self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
+                outgoing.append((deadletter_topic, record.key, payload, headers, None))
+                counts.add("dead_lettered", source, reject.reason.value)
                 result.dead_letters += 1
-        if valid:
-            await self._enrich(valid, result, out, pending)
-        for source, count in messages.items():
-            self._metrics.messages.labels(source).inc(count)
-        for source, count in rerouted.items():
-            self._metrics.rerouted.labels(source).inc(count)
+        forward = await self._enrich(valid, result, out, counts) if valid else None
+        if self.aggregator is not None and result.enriched:
+            self._aggregate(result, counts, outgoing, now_ms)
+        # decided: from here on nothing raises but a cancellation
         next_offsets = self.next_offsets
         for record in records:
             tp = (record.topic, record.partition)
             if record.offset >= next_offsets.get(tp, 0):
                 next_offsets[tp] = record.offset + 1
-        # consumed last: a scrape mid-batch may see consumed lag, never valid + DL short
         for source, count in consumed.items():
-            self._metrics.consumed.labels(source).inc(count)
+            counts.add("consumed", source, n=count)
             result.consumed += count
-        if self.aggregator is not None and result.enriched:
-            agg = self.aggregator
-            before, dups = dict(agg.updates), dict(agg.duplicates)
-            for late in agg.apply(result.enriched):
-                pending.append(await self._dead_letter_late(late, now_ms, out))
-                result.dead_letters += 1
-            for table, count in agg.updates.items():
-                if count > before.get(table, 0):
-                    self._metrics.window_updates.labels(table).inc(count - before.get(table, 0))
-            for source, count in agg.duplicates.items():
-                if count > dups.get(source, 0):
-                    self._metrics.duplicates.labels(source).inc(count - dups.get(source, 0))
-                    result.duplicates += count - dups.get(source, 0)
+        counts.apply(self._metrics)  # consumed last: a scrape never sees valid + DL short
+        pending = [await out.send(*record) for record in outgoing]
+        if forward is not None:
+            pending.extend(await forward.submit())
         if self.aggregator is not None:
             pending.extend(await self.aggregator.submit())
         if pending:
             await asyncio.gather(*pending)
         return result
 
+    def _aggregate(self, result: BatchResult, counts: Counts, outgoing: list[Outgoing],
+                   now_ms: int) -> None:
+        agg = self.aggregator
+        assert agg is not None
+        before, dups = dict(agg.updates), dict(agg.duplicates)
+        for late in agg.apply(result.enriched):
+            outgoing.append(self._late_record(late, now_ms, counts))
+            result.dead_letters += 1
+        for table, count in agg.updates.items():
+            if count > before.get(table, 0):
+                counts.add("window_updates", table, n=count - before.get(table, 0))
+        for source, count in agg.duplicates.items():
+            if count > dups.get(source, 0):
+                counts.add("duplicates", source, n=count - dups.get(source, 0))
+                result.duplicates += count - dups.get(source, 0)
+
     async def process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         """:meth:`process`, but an unexpected error can neither crash the agent nor lose data.
 
-        Faust acks a batch whose agent raised, so on a bug we retry record by record and
-        dead-letter (``schema_violation``, loc ``""``) only a record that still fails.
+        On a bug the batch is retried record by record; a record that fails
+        ``kafka.poison_attempts`` times is dead-lettered as ``internal_error`` unless
+        its events were already counted (then it is done: never counted and
+        dead-lettered both).  Nothing is counted or sent by an attempt that failed.
         """
+        if self.aggregator is not None:
+            self.aggregator.forget_folded()
         try:
             result = await self.process(records, out)
             self._count(len(records), result)
@@ -217,19 +259,31 @@ class RawProcessor:
             log.exception("batch of %d failed; retrying one record at a time", len(records))
         total = BatchResult()
         for record in records:
-            try:
-                one = await self.process([record], out)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("record %s[%d]@%d failed", record.topic, record.partition,
-                              record.offset)
-                one = await self._dead_letter_internal(record, exc, out)
+            one = await self._one_at_a_time(record, out)
             total.enriched.extend(one.enriched)
             total.dead_letters += one.dead_letters
             total.consumed += one.consumed
+            total.duplicates += one.duplicates
         self._count(len(records), total)
         return total
+
+    async def _one_at_a_time(self, record: RawRecord, out: Output) -> BatchResult:
+        failures: list[Exception] = []
+        while len(failures) < self._poison_attempts:
+            try:
+                return await self.process([record], out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures.append(exc)
+                log.exception("record %s[%d]@%d failed (attempt %d of %d)", record.topic,
+                              record.partition, record.offset, len(failures),
+                              self._poison_attempts)
+        if self.aggregator is not None and self.aggregator.absorbed(record):
+            log.error("record %s[%d]@%d failed after its events were counted: not "
+                      "dead-lettered", record.topic, record.partition, record.offset)
+            return BatchResult()
+        return await self._dead_letter_internal(record, failures[-1], out)
 
     def _count(self, messages: int, result: BatchResult) -> None:
         totals = self.totals
@@ -244,8 +298,8 @@ class RawProcessor:
     ) -> BatchResult:
         source = self._kafka.source_of(record.topic) or "unknown"
         reject = Reject(
-            reason=Reason.SCHEMA_VIOLATION,
-            errors=[{"loc": "", "msg": f"internal error: {type(exc).__name__}"}],
+            reason=Reason.INTERNAL_ERROR,
+            errors=[{"loc": "", "msg": describe_failure(exc)}],
             index=None,
             element=None,
         )
@@ -255,13 +309,12 @@ class RawProcessor:
         )
         headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
         await (await out.send(self._kafka.deadletter_topic, record.key, payload, headers))
-        self._metrics.consumed.labels(source).inc()
         self._metrics.dead_lettered.labels(source, reject.reason.value).inc()
+        self._metrics.consumed.labels(source).inc()
         return BatchResult(dead_letters=1, consumed=1)
 
-    async def _send_home(self, record: RawRecord, event: dict[str, Any], out: Output
-                         ) -> Awaitable[Any]:
-        """Produce a valid event again, keyed, to the partition its user_id maps to.
+    def _home_record(self, record: RawRecord, event: dict[str, Any]) -> Outgoing:
+        """A valid event to produce again, keyed, to the partition its user_id maps to.
 
         A user's windows live in one partition; an unkeyed message, or one from a
         producer whose partitioner is not murmur2 (librdkafka's default is CRC32), lands
@@ -270,10 +323,10 @@ class RawProcessor:
         """
         user_id = event["user_id"]
         origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-        return await out.send(record.topic, user_id.encode(), orjson.dumps(event),
-                              [(REROUTED_HEADER, origin)], self._home(user_id))
+        return (record.topic, user_id.encode(), orjson.dumps(event),
+                [(REROUTED_HEADER, origin)], self._home(user_id))
 
-    async def _dead_letter_late(self, late: Late, now_ms: int, out: Output) -> Awaitable[Any]:
+    def _late_record(self, late: Late, now_ms: int, counts: Counts) -> Outgoing:
         record, event = late.record, late.event
         payload = dead_letter_for_event(
             Reason.LATE, event, late.errors,  # type: ignore[arg-type]
@@ -281,18 +334,19 @@ class RawProcessor:
             offset=record.offset, received_at_ms=now_ms,
         )
         for table in late.tables:
-            self._metrics.late_events.labels(table).inc()
-        self._metrics.dead_lettered.labels(event["source"], Reason.LATE.value).inc()
+            counts.add("late_events", table)
+        counts.add("dead_lettered", event["source"], Reason.LATE.value)
         headers = [(DEADLETTER_REASON_HEADER, Reason.LATE.value.encode())]
-        return await out.send(self._kafka.deadletter_topic, record.key, payload, headers)
+        return (self._kafka.deadletter_topic, record.key, payload, headers, None)
 
     async def _enrich(
         self,
         valid: list[tuple[RawRecord, str, dict[str, Any]]],
         result: BatchResult,
         out: Output,
-        pending: list[Awaitable[Any]],
-    ) -> None:
+        counts: Counts,
+    ) -> Batches | None:
+        """Enrich ``valid`` into ``result``; the forwarded records, not yet submitted."""
         profiles = await self._enricher.enrich_many({event["user_id"] for _, _, event in valid})
         outcomes: dict[str, int] = {}
         valid_by_source: dict[str, int] = {}
@@ -308,12 +362,11 @@ class RawProcessor:
             result.enriched.append((record, event))
             if forward is not None:  # appended at once: see collector.streams.output
                 forward.add(event["user_id"].encode(), orjson.dumps(event))
-        if forward is not None:
-            pending.extend(await forward.submit())
         for source, count in valid_by_source.items():
-            self._metrics.valid.labels(source).inc(count)
+            counts.add("valid", source, n=count)
         for name, count in outcomes.items():
-            self._metrics.enrichment.labels(name).inc(count)
+            counts.add("enrichment", name, n=count)
+        return forward
 
 
 __all__ = ["BatchResult", "Outcome", "Output", "RawProcessor", "RawRecord"]

@@ -28,6 +28,7 @@ from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink, Row
 from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
+from collector.streams.delivery import ProduceHealth
 from collector.streams.flusher import BacklogWatch, Flusher
 from collector.streams.merger import Merger
 from collector.streams.output import KafkaOutput
@@ -69,7 +70,11 @@ class Runtime(mode.Service):
         self.enricher = Enricher(
             self.cache, self.repo, lookup_timeout=settings.redis.timeout + settings.mysql.timeout
         )
-        self.output = KafkaOutput(app)
+        metrics = self.metrics
+        self.output = KafkaOutput(app, health=ProduceHealth(
+            on_failure=lambda topic: metrics.produce_failures.labels(topic).inc(),
+            on_state=lambda topic, ok: metrics.produce_failing.labels(topic).set(0 if ok else 1),
+        ))
         kafka, windows = settings.kafka, settings.windows
         self.specs = Specs.from_settings(settings)
         changelog = self.output if kafka.bulk_changelog else None

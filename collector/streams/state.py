@@ -122,6 +122,11 @@ class FaustState:
         self._auto_tasks: set[asyncio.Task[Any]] = set()
         #: one submit at a time, so a key's records reach the changelog in write order
         self._submit_lock = asyncio.Lock()
+        #: changelog key -> the newest bytes written, while deliveries are outstanding:
+        #: a refused batch is produced again with these, so an older value can never
+        #: land after a newer one (recovery keeps the last record per key)
+        self._latest: dict[bytes, bytes | None] = {}
+        self._outstanding = 0
 
     def invalidate(self) -> None:
         """Forget cached values: call on rebalance, before changelog recovery writes."""
@@ -196,6 +201,7 @@ class FaustState:
         finally:
             _current_event.reset(token)
         self._pending.append((partition, kb, vb))
+        self._latest[kb] = vb
         if self._auto_submit is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -230,8 +236,20 @@ class FaustState:
                 batches.add(kb, vb, partition)
             futures: list[Awaitable[Any]] = await batches.submit(
                 on_delivered=lambda partition, offset: self._persisted(topic, partition,
-                                                                       offset))
+                                                                       offset),
+                refresh=self._refresh)
+            self._outstanding += len(futures)
+            for fut in futures:
+                fut.add_done_callback(self._settled)  # type: ignore[attr-defined]
             return futures
+
+    def _refresh(self, kb: bytes, vb: bytes | None) -> tuple[bytes, bytes | None]:
+        return kb, self._latest.get(kb, vb)
+
+    def _settled(self, _: Any) -> None:
+        self._outstanding -= 1
+        if not self._outstanding:
+            self._latest.clear()
 
     def _persisted(self, topic: str, partition: int, offset: int) -> None:
         """What Faust's ``_on_changelog_sent`` does per record, once per record batch:

@@ -57,8 +57,10 @@ async def apply_profile_updates(stream: faust.StreamT[bytes]) -> None:
                 received_at_ms=int(time.time() * 1000),
             )
             headers = [(DEADLETTER_REASON_HEADER, parsed.reason.value.encode())]
-            await runtime.output.send(settings.kafka.deadletter_topic, message.key, payload,
-                                      headers)
+            # awaited until the broker acked it: the event (and its offset) is acked
+            # only when this body moves on
+            await (await runtime.output.send(settings.kafka.deadletter_topic, message.key,
+                                             payload, headers))
             continue
         profile = UserProfile(parsed.user_id, parsed.segment, parsed.country, parsed.plan)
         delay = 0.2

@@ -127,8 +127,23 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
                 self._handle_direct(handlers[topic], messages)))
 
     async def _handle_direct(self, handler: DirectHandler, messages: list[Any]) -> None:
-        """Run the handler, then ack: offsets become committable only once it returned."""
-        await handler(messages)
+        """Run the handler, then ack: offsets become committable only once it returned.
+
+        The handler raises nothing but a cancellation (it dead-letters what it cannot
+        process); if it raises anyway, the batch is dropped from the unacked set without
+        an ack, so no commit passes its first offset, and ``/livez`` fails so the
+        orchestrator restarts the worker, which reprocesses from the committed offset.
+        """
+        try:
+            await handler(messages)
+        except Exception as exc:
+            self.log.exception("direct handler raised on %d messages; nothing of them "
+                               "will be committed, the worker needs a restart", len(messages))
+            self.app.fetcher_failure = (  # type: ignore[attr-defined]
+                f"direct handler raised {type(exc).__name__}: {exc}"[:300])
+            for message in messages:
+                self._unacked_messages.discard(message)
+            return
         ack = self.ack
         on_message_out = self.app.sensors.on_message_out
         for message in messages:
@@ -212,6 +227,9 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
             raise
         except Exception as exc:
             self.log.exception("Drain messages raised: %r", exc)
+            # the fetcher task ends here and nothing restarts it: say so on /livez
+            self.app.fetcher_failure = (  # type: ignore[attr-defined]
+                f"fetcher died: {type(exc).__name__}: {exc}"[:300])
             raise
         finally:
             unset_flag(flag_fetching)

@@ -132,13 +132,23 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
             "responses": {"200": {"description": "Prometheus text format",
                                   "content": {"text/plain": {"schema": _STR}}},
                           "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
-        "/livez": {"get": {"summary": "Liveness: the process serves HTTP", "tags": ["ops"],
-                           "responses": {"200": _json({"type": "object"}, "Alive.")}}},
+        "/livez": {"get": {"summary": "Liveness: serves HTTP and its fetcher consumes",
+                           "tags": ["ops"],
+                           "responses": {"200": _json({"type": "object"}, "Alive."),
+                                         "503": _json({"type": "object"},
+                                                      "The fetcher died: restart.")}}},
         "/readyz": {"get": {
-            "summary": "Readiness: recovered, commits progressing, sinks healthy",
+            "summary": "Readiness: recovered, commits progressing, topics writable",
             "tags": ["ops"],
             "responses": {"200": _json({"type": "object"}, "Ready."),
                           "503": _json({"type": "object"}, "Not ready; `reasons` says why.")}}},
+        "/healthz/sinks": {"get": {
+            "summary": "Sink health (not part of readiness)", "tags": ["ops"],
+            "security": [{"bearer": []}, {}],
+            "responses": {"200": _json({"type": "object"}, "Every sink writes."),
+                          "503": _json({"type": "object"}, "A sink has been failing for "
+                                       "web.ready_sink_failing_seconds; `reasons` says which."),
+                          "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
         "/api/v1/summary": {"get": {
             "summary": "The JSON summary the web view shows", "tags": ["ops"],
             "security": [{"bearer": []}, {}],

@@ -276,4 +276,5 @@ def test_reason_values_are_stable() -> None:
         "too_large",
         "late",
         "sink_rejected",
+        "internal_error",
     ]

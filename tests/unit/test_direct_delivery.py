@@ -10,6 +10,7 @@ the fetcher mid-batch does not cut the batch short.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -123,3 +124,15 @@ async def test_stopping_the_fetcher_does_not_cut_a_batch_short() -> None:
         await asyncio.sleep(0)
     assert done == [0, 1]
     assert consumer._unacked_messages == set()
+
+
+async def test_a_handler_that_raises_acks_nothing_and_fails_liveness() -> None:
+    async def handle(messages: list[Message]) -> None:
+        raise RuntimeError("bug past process_safely")
+
+    consumer = Consumer({"a": handle, "b": lambda ms: asyncio.sleep(0)})
+    consumer.log = logging.getLogger("test")  # type: ignore[attr-defined]
+    await consumer.deliver([Message("a", 0), Message("a", 1), Message("b", 7)])
+    assert [m.offset for m in consumer.acked] == [7]  # only the other topic's batch
+    assert consumer._unacked_messages == set()  # a rebalance does not wait for it forever
+    assert "RuntimeError: bug past process_safely" in consumer.app.fetcher_failure

@@ -8,10 +8,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collector.observability import Metrics
-from collector.observability.health import Thresholds, readiness
+from collector.observability.health import Thresholds, readiness, sink_status
 from collector.observability.lag import LagTracker, Offsets, PartitionLag, consumer_offsets, lag_of
 from collector.observability.summary import RateHistory, Totals, build_summary, totals_of
 from collector.sinks import SinkHealth
+from collector.streams.delivery import TopicHealth
 
 
 class Clock:
@@ -117,9 +118,26 @@ def test_readiness_reasons() -> None:
     reasons = body["reasons"]
     assert reasons[0] == "table recovery in progress" and reasons[1] == "rebalancing"
     assert "collect.raw.web[3]" in reasons[2] and "lag 800" in reasons[2]
-    assert reasons[3].startswith("sink mysql failing for 61s")
-    assert len(reasons) == 4  # influxdb is failing, but not for long enough
+    assert len(reasons) == 3  # a failing sink is not a readiness reason
+    assert body["sinks"]["mysql"]["failing_since"] == 10_000 - 61
     assert body["stalled_partitions"][0]["lag"] == 800
+    healthy, status = sink_status({"mysql": _health(10_000 - 61),
+                                   "influxdb": _health(10_000 - 59)}, 10_000, thresholds)
+    assert not healthy and len(status["reasons"]) == 1  # influxdb: not for long enough
+    assert status["reasons"][0].startswith("sink mysql failing for 61s")
+
+
+def test_a_topic_refusing_writes_makes_the_worker_unready() -> None:
+    thresholds = Thresholds(stall_s=120, sink_failing_s=60, produce_failing_s=10)
+    refused = {"collect.deadletter": TopicHealth(10_000 - 11, "KafkaError: refused", 4),
+               "collect.enriched": TopicHealth(10_000 - 5, "KafkaError: slow", 1),
+               "collect.partials": TopicHealth(None, "", 2)}
+    ok, body = readiness(recovered=True, rebalancing=False, stalled=[], sink_health={},
+                         now=10_000, thresholds=thresholds, producing=refused)
+    assert not ok
+    assert body["reasons"] == ["producing to collect.deadletter failing for 11s (its "
+                               "partitions wait): KafkaError: refused"]
+    assert set(body["producing"]) == {"collect.deadletter", "collect.enriched"}
 
 
 def test_summary_is_shaped_from_the_counters() -> None:

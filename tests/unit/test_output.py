@@ -4,36 +4,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from collector.streams.output import Batches
+from collector.streams.output import Batches, KafkaOutput
 
 
-class Recorder:
-    """Stands in for KafkaOutput: keeps what would have been handed to the producer."""
+class Recorder(KafkaOutput):
+    """KafkaOutput minus the producer: keeps what would have been handed to it."""
 
     def __init__(self) -> None:
+        super().__init__(None, max_backoff=0.01)  # type: ignore[arg-type]
         self.batches: list[tuple[str, int, BatchBuilder]] = []
-        self.sends: list[tuple[str, bytes | None, bytes]] = []
+        self.sends: list[tuple[str, bytes | None, bytes | None]] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, headers: Any,
-                   partition: int | None = None) -> Awaitable[Any]:
+    async def send_once(self, topic: str, key: bytes | None, value: bytes | None,
+                        headers: Any, partition: int | None = None) -> Awaitable[Any]:
         self.sends.append((topic, key, value))
-        return _done()
+        return _done(partition or 0, len(self.sends) - 1)
 
     async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
                          ) -> Awaitable[Any]:
         self.batches.append((topic, partition, batch))
-        return _done()
+        return _done(partition, 0)
 
 
-def _done() -> asyncio.Future[None]:
+def _done(partition: int, offset: int) -> asyncio.Future[Any]:
     fut = asyncio.get_running_loop().create_future()
-    fut.set_result(None)
+    fut.set_result(SimpleNamespace(partition=partition, offset=offset))
     return fut
 
 
@@ -75,3 +78,59 @@ async def test_without_partition_metadata_each_record_is_sent_alone() -> None:
     assert len(await batches.submit()) == 2
     assert out.sends == [("enriched", b"u1", b"a"), ("enriched", b"u2", b"b")]
     assert out.batches == []
+
+
+class Refusing(Recorder):
+    """The broker refuses the first ``fail`` attempts (batches and single records)."""
+
+    def __init__(self, fail: int) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def _maybe_fail(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        if self.fail <= 0:
+            return fut
+        self.fail -= 1
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaError("topic refuses writes"))
+        return failed
+
+    async def send_once(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self._maybe_fail(await super().send_once(*args, **kwargs))  # type: ignore[arg-type]
+
+    async def send_batch(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self._maybe_fail(await super().send_batch(*args, **kwargs))  # type: ignore[arg-type]
+
+
+async def test_a_refused_record_is_produced_again_until_acked() -> None:
+    out = Refusing(fail=3)
+    fut = await out.send("dead", b"k", b"v", None)
+    meta = await asyncio.wait_for(fut, 5)
+    assert out.sends == [("dead", b"k", b"v")] * 4 and meta.offset == 3
+    assert out.health.topics["dead"].failures == 3
+    assert out.health.failing() == {}  # healthy again once delivered
+
+
+async def test_a_refused_batch_is_produced_again_with_the_newest_values() -> None:
+    out = Refusing(fail=1)
+    batches = Batches("changelog", lambda key: 0, lambda: BatchBuilder(2048, 0), out)
+    batches.add(b"a", b"1")
+    batches.add(b"b", b"1")
+    newest = {b"a": b"3"}  # "a" was written again while the batch was in flight
+    delivered: list[tuple[int, int]] = []
+    futures = await batches.submit(on_delivered=lambda p, o: delivered.append((p, o)),
+                                   refresh=lambda k, v: (k, newest.get(k, v)))
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert out.sends == [("changelog", b"a", b"3"), ("changelog", b"b", b"1")]
+    assert delivered == [(0, 1)]  # the offset of the last record produced again
+
+
+async def test_health_shows_a_topic_failing_while_it_refuses() -> None:
+    out = Refusing(fail=10**6)
+    fut = await out.send("dead", b"k", b"v", None)
+    await asyncio.sleep(0.2)
+    failing = out.health.failing()
+    assert set(failing) == {"dead"} and "refuses writes" in failing["dead"].last_error
+    out.fail = 0
+    await asyncio.wait_for(fut, 5)
+    assert out.health.failing() == {}

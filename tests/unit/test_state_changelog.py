@@ -13,21 +13,23 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata
 from faust.types import TP
 
-from collector.streams.output import Batches
+from collector.streams.output import Batches, KafkaOutput
 from collector.streams.state import FaustState
 
 SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 
 
-class Producer:
-    """Stands in for KafkaOutput: real Batches, record batches kept, acks on demand."""
+class Producer(KafkaOutput):
+    """KafkaOutput minus the producer: real Batches, record batches kept, acks on demand."""
 
     def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
         self.sent: list[tuple[str, int, BatchBuilder, asyncio.Future[Any]]] = []
         self.gate: asyncio.Event | None = None  # set: the next batches() waits for it
 
@@ -35,8 +37,7 @@ class Producer:
         gate, self.gate = self.gate, None
         if gate is not None:
             await gate.wait()
-        return Batches(topic, lambda key: 0, lambda: BatchBuilder(1 << 20, 0),
-                       self)  # type: ignore[arg-type]
+        return Batches(topic, lambda key: 0, lambda: BatchBuilder(1 << 20, 0), self)
 
     async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
                          ) -> Awaitable[Any]:
@@ -113,7 +114,8 @@ async def test_persisted_offset_is_the_last_record_of_each_acked_batch(table: An
     tp = TP(table.changelog_topic.get_topic_name(), 1)
     assert table.data.persisted_offset(tp) is None  # not before the broker acked
     out.ack(base_offset=40)
-    await asyncio.sleep(0)  # done callbacks run on the loop
+    for _ in range(5):  # the delivery task, then its done callbacks, run on the loop
+        await asyncio.sleep(0)
     assert table.data.persisted_offset(tp) == 44
 
 
@@ -155,3 +157,52 @@ async def test_without_an_output_writes_go_through_the_table(table: Any) -> None
 class _Sent:
     def __init__(self, partition: int) -> None:
         self.message = type("M", (), {"partition": partition})()
+
+
+class RefusingOnce(Producer):
+    """The broker refuses the first record batch, then accepts everything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.singles: list[tuple[int | None, bytes | None, bytes | None]] = []
+        self.refused = False
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
+                         ) -> Awaitable[Any]:
+        fut = await super().send_batch(batch, topic, partition)
+        if not self.refused:
+            self.refused = True
+            fut.set_exception(KafkaError("changelog refuses writes"))  # type: ignore[attr-defined]
+        else:
+            self.ack(base_offset=100)
+        return fut
+
+    async def send_once(self, topic: str, key: bytes | None, value: bytes | None,
+                        headers: Any, partition: int | None = None) -> Awaitable[Any]:
+        self.singles.append((partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(RecordMetadata(topic, partition or 0, TP(topic, partition or 0),
+                                      200 + len(self.singles), -1, None, -1))
+        return fut
+
+
+async def test_a_refused_changelog_batch_is_sent_again_with_the_newest_values(
+        table: Any) -> None:
+    """The store has the newest value; the changelog must end with it too, so a standby
+    or a new owner recovers what the store holds (not the state before the outage)."""
+    out = RefusingOnce()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    state.set(1, "a", {"n": 1})
+    state.set(1, "b", {"n": 1})
+    futures = await state.submit()
+    state.set(1, "a", {"n": 2})  # written again before the refusal is known
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    resent = [loads(table, k, v) for _, k, v in out.singles]
+    assert resent == [("a", {"n": 2}), ("b", {"n": 1})]
+    await asyncio.wait_for(asyncio.gather(*await state.submit()), 5)
+    last: dict[Any, Any] = {}
+    for _, k, v in [*out.singles, *out.records()[1:]]:
+        key, value = loads(table, k, v)
+        last[key] = value
+    assert last == {"a": {"n": 2}, "b": {"n": 1}}
+    assert table.data.persisted_offset(TP(table.changelog_topic.get_topic_name(), 1)) >= 202
