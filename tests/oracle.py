@@ -19,11 +19,14 @@ def oracle(
     hop_size_ms: int = 300_000,
     hop_step_ms: int = 60_000,
     segment_only: list[dict[str, Any]] | None = None,
+    max_user_types: int = 30,
 ) -> dict[Ident, dict[str, Any]]:
     """{(table, window_start_ms, window_seconds, key): values} for ``events``.
 
     ``segment_only`` events count in segment_stats alone (late for the tumbling tables
-    but inside an open hopping window).
+    but inside an open hopping window).  A user window lists the first
+    ``max_user_types`` distinct types in arrival order (sorted), and says if there were
+    more.
     """
     out: dict[Ident, dict[str, Any]] = {}
     t_secs, h_secs = tumbling_ms // 1000, hop_size_ms // 1000
@@ -40,9 +43,10 @@ def oracle(
             r["value_min"] = value if r["value_min"] is None else min(r["value_min"], value)
             r["value_max"] = value if r["value_max"] is None else max(r["value_max"], value)
         u = out.setdefault(("user_activity", ws, t_secs, (e["user_id"],)),
-                           {"count": 0, "types": set(), "first_ts": e["ts"], "last_ts": e["ts"]})
+                           {"count": 0, "types": [], "first_ts": e["ts"], "last_ts": e["ts"]})
         u["count"] += 1
-        u["types"].add(e["type"])
+        if e["type"] not in u["types"]:
+            u["types"].append(e["type"])
         u["first_ts"] = min(u["first_ts"], e["ts"])
         u["last_ts"] = max(u["last_ts"], e["ts"])
     for e in [*events, *(segment_only or [])]:
@@ -53,5 +57,6 @@ def oracle(
             s["value_sum"] += e.get("value") or 0.0
     for values in out.values():
         if "types" in values:
-            values["types"] = sorted(values["types"])
+            values["types_truncated"] = len(values["types"]) > max_user_types
+            values["types"] = sorted(values["types"][:max_user_types])
     return out

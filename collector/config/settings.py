@@ -247,6 +247,11 @@ class WindowSettings(_Section):
     """Event-time windows and how they are closed and flushed."""
 
     tumbling_seconds: int = Field(default=60, ge=1, description="event_stats/user_activity size.")
+    max_user_types: int = Field(
+        default=30, ge=1, le=31,
+        description="Distinct event types a user_activity window lists; more set "
+        "types_truncated (the MySQL column holds 31 types of 64 characters).",
+    )
     hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
     hopping_step_seconds: int = Field(default=60, ge=1, description="segment_stats advance.")
     grace_seconds: int = Field(

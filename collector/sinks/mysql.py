@@ -40,8 +40,8 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 #: Value columns per table (after the key columns), in INSERT order.
 VALUE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max", "revision"),
-    USER_ACTIVITY: ("count", "distinct_types", "types", "first_event_at", "last_event_at",
-                    "revision"),
+    USER_ACTIVITY: ("count", "distinct_types", "types", "types_truncated", "first_event_at",
+                    "last_event_at", "revision"),
     SEGMENT_STATS: ("count", "value_sum", "revision"),
 }
 
@@ -98,7 +98,8 @@ def row_params(row: Row, updated_at: datetime) -> tuple[Any, ...]:
                                    _opt_float(v["value_max"]))
     elif row.table == USER_ACTIVITY:
         types = sorted({str(t) for t in v["types"]})
-        values = (int(v["count"]), len(types), ",".join(types), naive_utc(int(v["first_ts"])),
+        values = (int(v["count"]), len(types), ",".join(types),
+                  bool(v.get("types_truncated", False)), naive_utc(int(v["first_ts"])),
                   naive_utc(int(v["last_ts"])))
     elif row.table == SEGMENT_STATS:
         values = (int(v["count"]), float(v["value_sum"]))

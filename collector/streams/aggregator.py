@@ -77,6 +77,8 @@ class Specs:
     expires_ms: int = 7_200_000
     #: event time past a window's end during which repeated event ids are recognised
     dedupe_ms: int = 900_000
+    #: distinct types a user window keeps
+    max_user_types: int = 30
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Specs:
@@ -89,6 +91,7 @@ class Specs:
                                late),
             expires_ms=w.expires_seconds * 1000,
             dedupe_ms=min(w.dedupe_seconds, late) * 1000,
+            max_user_types=w.max_user_types,
         )
 
     def for_table(self, table: str) -> WindowSpec:
@@ -217,7 +220,7 @@ class Aggregator:
                     return []
                 if ws + user.size_ms + specs.dedupe_ms > st:
                     ids[eid] = 1
-                add_activity(entry.value["agg"], etype, ts)
+                add_activity(entry.value["agg"], etype, ts, specs.max_user_types)
                 self.folded.add((record.topic, record.partition, record.offset))
         if ws <= max(st - stats.size_ms - stats.lateness_ms, expired):
             missed.append(EVENT_STATS)

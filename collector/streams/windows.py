@@ -7,6 +7,7 @@ combiner and the cross-partition merge agree on one definition.
 
 from __future__ import annotations
 
+from bisect import insort
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,24 +116,39 @@ def merge_segment(into: dict[str, Any], other: dict[str, Any]) -> None:
     into["latest"] = max(into["latest"], other["latest"])
 
 
+#: distinct event types a user window keeps (``windows.max_user_types``): the MySQL
+#: column holds 2048 characters and a type up to 64 plus a comma
+MAX_USER_TYPES = 30
+
+
 def new_activity() -> dict[str, Any]:
     return {"count": 0, "types": [], "first_ts": None, "last_ts": None, "latest": 0}
 
 
-def add_activity(agg: dict[str, Any], etype: str, ts: int) -> None:
+def add_activity(agg: dict[str, Any], etype: str, ts: int,
+                 max_types: int = MAX_USER_TYPES) -> None:
+    """Count one event; past ``max_types`` distinct types, new ones only set ``truncated``
+    (a user sending thousands of types made each event O(n) and the row unwritable)."""
     agg["count"] += 1
-    if etype not in agg["types"]:
-        agg["types"].append(etype)
-        agg["types"].sort()
+    types = agg["types"]
+    if etype not in types:
+        if len(types) < max_types:
+            insort(types, etype)
+        else:
+            agg["truncated"] = True
     agg["first_ts"] = ts if agg["first_ts"] is None else min(agg["first_ts"], ts)
     agg["last_ts"] = ts if agg["last_ts"] is None else max(agg["last_ts"], ts)
     if ts > agg["latest"]:
         agg["latest"] = ts
 
 
-def merge_activity(into: dict[str, Any], other: dict[str, Any]) -> None:
+def merge_activity(into: dict[str, Any], other: dict[str, Any],
+                   max_types: int = MAX_USER_TYPES) -> None:
     into["count"] += other["count"]
-    into["types"] = sorted(set(into["types"]) | set(other["types"]))
+    types = sorted(set(into["types"]) | set(other["types"]))
+    if len(types) > max_types or other.get("truncated"):
+        into["truncated"] = True
+    into["types"] = types[:max_types]
     for name, pick in (("first_ts", min), ("last_ts", max)):
         if other[name] is not None:
             into[name] = other[name] if into[name] is None else pick(into[name], other[name])
@@ -158,4 +174,4 @@ def row_values(table: str, agg: dict[str, Any]) -> dict[str, Any]:
     if table == SEGMENT_STATS:
         return {"count": agg["count"], "value_sum": agg["value_sum"]}
     return {"count": agg["count"], "types": list(agg["types"]), "first_ts": agg["first_ts"],
-            "last_ts": agg["last_ts"]}
+            "last_ts": agg["last_ts"], "types_truncated": bool(agg.get("truncated", False))}

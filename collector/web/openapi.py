@@ -103,6 +103,7 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"}}],
             _windows({"user_id": _STR},
                      {"count": _INT, "types": {"type": "array", "items": _STR},
+                      "types_truncated": {"type": "boolean"},
                       "first_ts": _INT, "last_ts": _INT})),
         "/api/v1/events/{source}": {"post": {
             "summary": "Ingest events (one object, an array, or NDJSON) onto a raw topic",

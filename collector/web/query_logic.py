@@ -251,7 +251,7 @@ def response(query: Query, spec: WindowSpec, windows: list[dict[str, Any]],
 HISTORY_COLUMNS: dict[str, tuple[str, ...]] = {
     EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max"),
     SEGMENT_STATS: ("count", "value_sum"),
-    USER_ACTIVITY: ("count", "types", "first_event_at", "last_event_at"),
+    USER_ACTIVITY: ("count", "types", "first_event_at", "last_event_at", "types_truncated"),
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -289,9 +289,10 @@ def history_window(table: str, spec: WindowSpec, row: Sequence[Any]) -> dict[str
     raw = list(row[1 + nkeys:-1])
     values: dict[str, Any]
     if table == USER_ACTIVITY:
-        count, types, first, last = raw
+        count, types, first, last, truncated = raw
         values = {"count": int(count), "types": [t for t in str(types).split(",") if t],
-                  "first_ts": _ms(first), "last_ts": _ms(last)}
+                  "first_ts": _ms(first), "last_ts": _ms(last),
+                  "types_truncated": bool(truncated)}
     else:
         values = dict(zip(HISTORY_COLUMNS[table], raw, strict=True))
         for name, value in values.items():

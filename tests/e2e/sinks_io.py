@@ -37,14 +37,14 @@ async def mysql_rows(
                 {"count": c, "value_count": vc, "value_sum": vs, "value_min": vmin,
                  "value_max": vmax}, bool(fin))
         await cur.execute(
-            "SELECT window_start, window_seconds, user_id, count, types, first_event_at, "
-            "last_event_at, final FROM user_activity "
+            "SELECT window_start, window_seconds, user_id, count, types, types_truncated, "
+            "first_event_at, last_event_at, final FROM user_activity "
             "WHERE window_start >= %s AND window_start < %s AND user_id LIKE %s",
             (lo, hi, keys["user_activity"] + "%"))
-        for ws, secs, uid, c, types, first, last, fin in await cur.fetchall():
+        for ws, secs, uid, c, types, truncated, first, last, fin in await cur.fetchall():
             out[("user_activity", _ms(ws), secs, (uid,))] = (
                 {"count": c, "types": sorted(types.split(",")), "first_ts": _ms(first),
-                 "last_ts": _ms(last)}, bool(fin))
+                 "last_ts": _ms(last), "types_truncated": bool(truncated)}, bool(fin))
         await cur.execute(
             "SELECT window_start, window_seconds, segment, country, count, value_sum, final "
             "FROM segment_stats WHERE window_start >= %s AND window_start < %s "

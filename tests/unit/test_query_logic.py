@@ -148,7 +148,8 @@ def test_user_window_shape() -> None:
     assert ql.window("user_activity", spec, ["u1"], NOW, agg, False) == {
         "window_start": "2026-01-01T00:00:00.000Z", "window_end": "2026-01-01T00:01:00.000Z",
         "window_start_ms": NOW, "key": {"user_id": "u1"},
-        "values": {"count": 2, "types": ["buy", "click"], "first_ts": NOW, "last_ts": NOW + 5},
+        "values": {"count": 2, "types": ["buy", "click"], "first_ts": NOW, "last_ts": NOW + 5,
+                   "types_truncated": False},
         "final": False}
 
 
@@ -193,10 +194,10 @@ def test_history_rows_become_windows() -> None:
     row = (naive(2026, 1, 1), "web", "view", 1, 0, 0.0, None, None, 0)
     assert ql.history_window("event_stats", spec, row)["values"]["value_min"] is None
     row = (naive(2026, 1, 1), "u1", 2, "buy,click", naive(2026, 1, 1, 0, 0, 1),
-           naive(2026, 1, 1, 0, 0, 2, 500_000), 0)
+           naive(2026, 1, 1, 0, 0, 2, 500_000), 1, 0)
     got = ql.history_window("user_activity", spec, row)
     assert got["values"] == {"count": 2, "types": ["buy", "click"], "first_ts": NOW + 1000,
-                             "last_ts": NOW + 2500}
+                             "last_ts": NOW + 2500, "types_truncated": True}
     assert got["final"] is False
 
 

@@ -17,7 +17,14 @@ from collector.streams.flusher import Flusher
 from collector.streams.merger import Merger
 from collector.streams.processor import RawRecord
 from collector.streams.state import DictState
-from collector.streams.windows import WindowSpec
+from collector.streams.windows import (
+    USER_ACTIVITY,
+    WindowSpec,
+    add_activity,
+    merge_activity,
+    new_activity,
+    row_values,
+)
 
 T0 = 1_700_000_040_000  # a minute boundary, in ms
 TOPICS = ["raw.web", "raw.mobile"]
@@ -141,9 +148,10 @@ def oracle(events: list[dict[str, Any]], specs: Specs) -> dict[tuple[Any, ...], 
                 e["value"] if r["value_max"] is None else max(r["value_max"], e["value"])
             )
         k = ("user_activity", ws, 60, (e["user_id"],))
-        u = out.setdefault(k, {"count": 0, "types": set(), "first_ts": e["ts"], "last_ts": e["ts"]})
+        u = out.setdefault(k, {"count": 0, "types": [], "first_ts": e["ts"], "last_ts": e["ts"]})
         u["count"] += 1
-        u["types"].add(e["type"])
+        if e["type"] not in u["types"]:  # the first max_user_types, in arrival order
+            u["types"].append(e["type"])
         u["first_ts"] = min(u["first_ts"], e["ts"])
         u["last_ts"] = max(u["last_ts"], e["ts"])
         for start in specs.segment.starts(e["ts"]):
@@ -153,7 +161,8 @@ def oracle(events: list[dict[str, Any]], specs: Specs) -> dict[tuple[Any, ...], 
             s["value_sum"] += e["value"] or 0.0
     for v in out.values():
         if "types" in v:
-            v["types"] = sorted(v["types"])
+            v["types_truncated"] = len(v["types"]) > specs.max_user_types
+            v["types"] = sorted(v["types"][:specs.max_user_types])
     return out
 
 
@@ -386,3 +395,25 @@ def test_backlog_watch_flushes_once_after_a_drained_backlog() -> None:
     never = BacklogWatch(0)
     never.drained(False, True, 0.0)
     assert not never.drained(True, True, 100.0)
+
+
+def test_a_user_window_keeps_at_most_max_user_types() -> None:
+    """A user sending a new type with every event: bounded state, a writable row."""
+    agg = new_activity()
+    for i in range(5000):
+        add_activity(agg, f"t{i:04d}.{'x' * 55}", T0 + i, 30)
+    assert agg["count"] == 5000 and len(agg["types"]) == 30 and agg["truncated"]
+    assert agg["types"] == sorted(agg["types"]) == [f"t{i:04d}.{'x' * 55}" for i in range(30)]
+    values = row_values(USER_ACTIVITY, agg)
+    assert values["types_truncated"] is True
+    assert len(",".join(values["types"])) <= 2048  # the MySQL column
+    small = new_activity()
+    add_activity(small, "b", T0)
+    add_activity(small, "a", T0)
+    add_activity(small, "b", T0)
+    assert small["types"] == ["a", "b"]
+    assert row_values(USER_ACTIVITY, small)["types_truncated"] is False
+    merged = new_activity()
+    merge_activity(merged, agg, 30)
+    merge_activity(merged, small, 30)
+    assert len(merged["types"]) == 30 and merged["truncated"] and merged["count"] == 5003
