@@ -15,6 +15,7 @@ from collector.config.settings import (
     MySQLSettings,
     RedisSettings,
     Settings,
+    SinkSettings,
     WebSettings,
     WindowSettings,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "SettingsError",
+    "SinkSettings",
     "WebSettings",
     "WindowSettings",
     "env_name",

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from collector.config.http import IngestSettings, WebSettings
 from collector.config.ini import IniSettingsSource
 from collector.config.section import Section as _Section
+from collector.config.sinks import SinkSettings
 
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SOURCE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -340,6 +341,7 @@ class Settings(BaseSettings):
     mysql: MySQLSettings = Field(default_factory=MySQLSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     windows: WindowSettings = Field(default_factory=WindowSettings)
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
 

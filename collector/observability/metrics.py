@@ -75,6 +75,10 @@ class Metrics:
             namespace=ns, registry=registry,
         )
         # sinks
+        self.backpressure = Gauge(
+            "backpressure_paused", "1 while raw partitions are paused for the sinks to drain",
+            namespace=ns, registry=registry,
+        )
         self.sink_rows = Counter(
             "sink_rows_written", "Rows written", ["sink"], namespace=ns, registry=registry
         )

@@ -28,6 +28,7 @@ from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink, Row
 from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
+from collector.streams.backpressure import Backpressure
 from collector.streams.delivery import ProduceHealth
 from collector.streams.flusher import BacklogWatch, Flusher
 from collector.streams.merger import Merger
@@ -105,6 +106,8 @@ class Runtime(mode.Service):
         #: one flush at a time: the timer and the flush after a drained backlog
         self._flush_lock = asyncio.Lock()
         self.backlog = BacklogWatch(settings.windows.flush_after_backlog_seconds)
+        self.backpressure = Backpressure(settings.sinks.max_pending_rows,
+                                         settings.sinks.resume_fraction)
 
     async def _send_partial(
         self, key: bytes, value: bytes, partition: int | None
@@ -146,6 +149,7 @@ class Runtime(mode.Service):
             merged = self.merge_tick()
             await self.window_state.submit()
             await self.merger_state.submit()
+        self.apply_backpressure()
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         return {"combiner": combined, "merger": merged}
 
@@ -160,8 +164,25 @@ class Runtime(mode.Service):
         self.metrics.window_closes.labels("merged").inc(merged["final"])
         return merged
 
+    def apply_backpressure(self) -> None:
+        """Pause or resume the owned raw partitions by the sinks' pending rows (after
+        every raw batch and every flush tick, so a paused worker resumes)."""
+        pending = max((sink.pending for sink in self.sinks.sinks), default=0)
+        pause, resume = self.backpressure.decide(
+            pending, (TP(t, p) for t, p in self.owned(self.settings.kafka.raw_topics)))
+        if pause or resume:
+            consumer = self.app.consumer
+            later = getattr(consumer, "pause_later", None)
+            if later is not None:  # collector's consumer: between fetches (see there)
+                later(pause, resume)
+            else:
+                consumer.pause_partitions(pause)
+                consumer.resume_partitions(resume)
+        self.metrics.backpressure.set(1 if self.backpressure.engaged else 0)
+
     def after_raw_batch(self) -> bool:
         """Start a flush if a backlog was just drained (see :class:`BacklogWatch`)."""
+        self.apply_backpressure()
         owned = self.owned(self.settings.kafka.raw_topics)
         caught_up = all(self.caught_up(topic, partition) for topic, partition in owned)
         if self.backlog.drained(caught_up, bool(self.aggregator.dirty), time.monotonic()):

@@ -97,6 +97,32 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
     flow is suspended or the delivery suspended.
     """
 
+    #: (pause, resume) partition sets waiting for the top of the fetch loop
+    _flow_requests: list[tuple[set[Any], set[Any]]] | None = None
+
+    def pause_later(self, pause: set[Any], resume: set[Any]) -> None:
+        """Pause and resume partitions before the next fetch, never during one.
+
+        ``getmany`` filters the records of a fetch by the live set of active partitions
+        while it yields them, so ``pause_partitions`` mid-batch (from a handler or a
+        timer) skipped the rest of the fetch for those partitions; their offsets then
+        looked like a gap, which Faust acks: events lost, measured (1,500 of 36,800).
+        """
+        if self._flow_requests is None:
+            self._flow_requests = []
+        self._flow_requests.append((set(pause), set(resume)))
+        if not getattr(self.app, "lean_handoff", True):  # Faust's own loop: no top to wait for
+            self._apply_flow_requests()
+
+    def _apply_flow_requests(self) -> None:
+        requests = self._flow_requests
+        while requests:
+            pause, resume = requests.pop(0)
+            if pause:
+                self.pause_partitions(pause)
+            if resume:
+                self.resume_partitions(resume)
+
     async def _deliver_direct(self, batch: list[Any]) -> None:
         """Hand a fetched batch of one direct topic straight to its handler.
 
@@ -175,6 +201,8 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
         batch: list[Any] = []
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if self._flow_requests:
+                    self._apply_flow_requests()
                 set_flag(flag_fetching)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
