@@ -243,9 +243,13 @@ class Aggregator:
 
     def _replayed(self, touched: dict[str, _Touched], record: RawRecord,
                   event: dict[str, Any], st: int, ret: int) -> Late | None:
-        """A record the slot absorbed before a restart.  Counted then (its user window
-        absorbed its offset) means skip it; otherwise it was late, and its dead letter
-        may not have been written before the crash: write it again (at least once)."""
+        """A record the slot absorbed before.  Counted then (its user window absorbed
+        its offset) means skip it.  Otherwise it was late then, and its dead letter may
+        not have been written before a crash; or the state was rebuilt from a changelog
+        that two owners wrote to (a zombie that woke up after its partitions moved), so
+        the slot is ahead of the window.  Either way: fold it where its windows are still
+        open (each entry's offset guard and the event-id dedupe prevent a double count)
+        and dead-letter it for the rest, again if need be (at least once)."""
         self.replayed += 1
         ws = self.specs.user.newest_start(event["ts"])
         ukey = user_key(event["user_id"], ws)
@@ -254,10 +258,8 @@ class Aggregator:
         tp = f"{record.topic}|{record.partition}"
         if value is not None and value["offs"].get(tp, -1) >= record.offset:
             return None
-        missed = [t for t in (USER_ACTIVITY, EVENT_STATS, SEGMENT_STATS)
-                  if self.specs.is_gone(t, self.specs.for_table(t).newest_start(event["ts"]),
-                                        st, ret)]
-        return self._late(record, event, missed or [USER_ACTIVITY], st, ret)
+        missed = self._fold(touched, record, event, st, ret)
+        return self._late(record, event, missed, st, ret) if missed else None
 
     def _late(self, record: RawRecord, event: dict[str, Any], missed: list[str], st: int,
               ret: int) -> Late:

@@ -137,7 +137,9 @@ class Runtime(mode.Service):
                 if tp.topic in wanted}
 
     def ready_for_flush(self) -> bool:
-        return not (self.app.rebalancing or self.app.in_recovery)
+        fenced = getattr(self.app.consumer, "fenced", None)  # a frozen worker (handoff)
+        return not (self.app.rebalancing or self.app.in_recovery
+                    or (fenced is not None and fenced()))
 
     async def flush_windows(self) -> dict[str, Any]:
         """One flush cycle: combiner side, then the merge."""

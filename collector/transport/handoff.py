@@ -24,11 +24,13 @@ through ``wait_empty`` as they wait for an agent.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
 
 
 class Resumed:
@@ -99,6 +101,47 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
 
     #: (pause, resume) partition sets waiting for the top of the fetch loop
     _flow_requests: list[tuple[set[Any], set[Any]]] | None = None
+    #: the group generation this worker was frozen in (None: not fenced)
+    _frozen_generation: int | None = None
+    _frozen_at: float = 0.0
+    _last_tick: float = 0.0
+
+    @Service.task
+    async def _watch_for_freeze(self) -> None:
+        """Notice that this process did not run for longer than the session timeout
+        (SIGSTOP, a VM pause, a stop-the-world stall): the broker has expired its member
+        by then and given its partitions to another worker, but nothing here knows yet.
+        Until the next rebalance it is a zombie: fetches still work and it would process
+        them and write the changelogs and rows of partitions it no longer owns (measured:
+        a recovered store then missed the new owner's writes and rows stayed non-final).
+        """
+        session = float(self.app.conf.broker_session_timeout)
+        self._last_tick = time.monotonic()
+        while not self.should_stop:
+            await asyncio.sleep(0.25)
+            self.check_frozen(session)
+
+    def check_frozen(self, session: float) -> None:
+        now = time.monotonic()
+        gap, self._last_tick = now - (self._last_tick or now), now
+        if gap > session and self._frozen_generation is None:
+            self._frozen_generation = self.app.consumer_generation_id
+            self._frozen_at = now
+            self.log.warning("this worker did not run for %.1fs (session timeout %.0fs): its "
+                             "partitions have moved; processing nothing until it rejoins",
+                             gap, session)
+
+    def fenced(self) -> bool:
+        """Whether this worker must not process or write (frozen, not yet rejoined)."""
+        frozen = self._frozen_generation
+        if frozen is None:
+            return False
+        session = float(self.app.conf.broker_session_timeout)
+        if (self.app.consumer_generation_id != frozen
+                or time.monotonic() - self._frozen_at > 3 * session):  # no rebalance came
+            self._frozen_generation = None
+            return False
+        return True
 
     def pause_later(self, pause: set[Any], resume: set[Any]) -> None:
         """Pause and resume partitions before the next fetch, never during one.
@@ -135,6 +178,9 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
         """
         app = self.app
         if self.suspend_flow.is_set() or not app.flow_control.is_active():
+            return
+        self.check_frozen(float(app.conf.broker_session_timeout))
+        if self.fenced():  # dropped unacked, like a batch fetched before a rebalance
             return
         generation = app.consumer_generation_id
         handlers: dict[str, DirectHandler] = app.direct_handlers  # type: ignore[attr-defined]

@@ -3,13 +3,16 @@
 Every on-time event must be counted once (MySQL equals the oracle), and every late
 event must be in the dead-letter topic at least once, whatever moment the kills hit
 (a worker may be killed while it is still recovering from the previous kill).  The
-stream goes on during the restarts.  Printed measurements start with ``[crash]``.
+stream goes on during the restarts.  The second run also wipes the state directory
+after every kill (a lost volume), so each restart recovers from the changelog alone.
+Printed measurements start with ``[crash]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import signal
 import time
 import uuid
@@ -45,8 +48,9 @@ pytestmark = pytest.mark.e2e
 KILLS_AFTER_BATCH = (5, 11, 18, 26, 34)
 
 
+@pytest.mark.parametrize("wipe", [False, True], ids=["keep-state", "wipe-state"])
 async def test_five_kill_9_count_every_event_once_and_dead_letter_every_late_one(
-    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path, wipe: bool
 ) -> None:
     tag = "k" + uuid.uuid4().hex[:8]
     env = isolated_env(tmp_path, **SMALL_ENV, COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
@@ -74,6 +78,8 @@ async def test_five_kill_9_count_every_event_once_and_dead_letter_every_late_one
                               [(e["user_id"].encode(), body(e))])
         if i in KILLS_AFTER_BATCH:
             workers[-1].stop(signal.SIGKILL)  # ready or still recovering: any moment
+            if wipe:  # the volume is gone: recover from the changelog topics alone
+                shutil.rmtree(env["COLLECTOR_APP__DATADIR"], ignore_errors=True)
             worker = worker_factory(env, f"run{len(workers)}")
             workers.append(worker)
             starting.append(asyncio.get_running_loop().create_task(start(worker)))
@@ -106,7 +112,8 @@ async def test_five_kill_9_count_every_event_once_and_dead_letter_every_late_one
     dead_ids = Counter(orjson.loads(d["payload"])["event_id"] for d in dead)
     identities = Counter((d["topic"], d["partition"], d["offset"], d["index"]) for d in dead)
     repeats = sum(n - 1 for n in identities.values())
-    print(f"\n[crash] {len(KILLS_AFTER_BATCH)} x kill -9: {len(events)} on-time events, "
+    state = "state wiped each time" if wipe else "state kept"
+    print(f"\n[crash] {len(KILLS_AFTER_BATCH)} x kill -9 ({state}): {len(events)} on-time events, "
           f"over-count per table {over}; {len(late)} late events, {len(set(dead_ids))} of "
           f"them dead-lettered, {repeats} repeated dead letters (same identity)", flush=True)
     assert not wrong, wrong[:10]

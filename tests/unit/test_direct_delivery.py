@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,11 +40,19 @@ class Consumer:
         self._unacked_messages: set[Message] = set()
         active = asyncio.Event()
         active.set()
+        self._frozen_generation: int | None = None
+        self._frozen_at = 0.0
+        self._last_tick = 0.0
+        self.log = logging.getLogger("test")
         self.app = SimpleNamespace(
+            conf=SimpleNamespace(broker_session_timeout=30.0),
             direct_handlers=handlers, consumer_generation_id=1,
             flow_control=SimpleNamespace(is_active=active.is_set),
             sensors=SimpleNamespace(on_message_out=lambda tp, off, m: self.sensed_out.append(off)),
         )
+
+    check_frozen = LeanHandoffConsumer.check_frozen
+    fenced = LeanHandoffConsumer.fenced
 
     def _on_message_in(self, tp: Any, offset: int, message: Message) -> None:
         self.sensed_in.append(offset)
@@ -131,8 +140,27 @@ async def test_a_handler_that_raises_acks_nothing_and_fails_liveness() -> None:
         raise RuntimeError("bug past process_safely")
 
     consumer = Consumer({"a": handle, "b": lambda ms: asyncio.sleep(0)})
-    consumer.log = logging.getLogger("test")  # type: ignore[attr-defined]
     await consumer.deliver([Message("a", 0), Message("a", 1), Message("b", 7)])
     assert [m.offset for m in consumer.acked] == [7]  # only the other topic's batch
     assert consumer._unacked_messages == set()  # a rebalance does not wait for it forever
     assert "RuntimeError: bug past process_safely" in consumer.app.fetcher_failure
+
+
+async def test_a_worker_that_was_frozen_past_its_session_processes_nothing() -> None:
+    """A zombie: its partitions moved while it did not run; until it rejoins (a new
+    generation) every fetched batch is dropped unacked instead of processed."""
+    calls: list[int] = []
+
+    async def handle(messages: list[Message]) -> None:
+        calls.extend(m.offset for m in messages)
+
+    consumer = Consumer({"a": handle})
+    consumer._last_tick = time.monotonic() - 31  # the last tick was before a 31 s freeze
+    await consumer.deliver([Message("a", 0)])
+    assert calls == [] and consumer.acked == [] and consumer._unacked_messages == set()
+    assert consumer.fenced()
+    await consumer.deliver([Message("a", 1)])  # still the same generation: still fenced
+    assert calls == []
+    consumer.app.consumer_generation_id = 2  # rejoined
+    await consumer.deliver([Message("a", 2, generation=2)])
+    assert calls == [2] and not consumer.fenced()

@@ -1,0 +1,153 @@
+"""A worker frozen past its session timeout (SIGSTOP), then thawed: a zombie.
+
+While it is frozen its partitions move to the other worker; when it wakes up it still
+holds a fetched batch, state and buffered rows from before, and would process and write
+them before it learns it lost the partitions.  It must notice the freeze and process
+nothing until it rejoined, and the end state must equal the oracle exactly.
+
+Known and measured, not yet fixed (issue 15's notes): while partitions move, the merge
+can emit a correction (revision + 1) of a window from a slot's partial that is not the
+newest yet, so a row is briefly lower than before (the MySQL upsert already ignores a
+lower count at the same revision); the moves are printed.  Printed lines start with
+``[zombie]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import Settings
+from collector.db import connect
+from tests.e2e.kafka_io import settings_for
+from tests.e2e.sinks_io import mysql_rows
+from tests.e2e.test_windows_robust import (
+    SMALL,
+    SMALL_ENV,
+    _quiet,
+    expect,
+    keys_for,
+    over_counts,
+    prepare_stream,
+    start,
+    stream,
+    until,
+)
+from tests.e2e.workers import Worker, free_port, isolated_env
+
+pytestmark = pytest.mark.e2e
+
+SESSION_S = 8  # isolated_env's session timeout
+
+
+async def revisions(settings: Settings, tag: str) -> dict[tuple[str, Any, Any], tuple[int, int]]:
+    """(table, window_start, key) -> (count, revision) of every row of this test."""
+    out: dict[tuple[str, Any, Any], tuple[int, int]] = {}
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        for table, key, second in (("event_stats", "source", "type"),
+                                   ("user_activity", "user_id", "user_id"),
+                                   ("segment_stats", "segment", "country")):
+            await cur.execute(
+                f"SELECT window_start, {key}, {second}, count, revision FROM {table} "
+                f"WHERE {key} LIKE %s", (tag + "%",))
+            for ws, k1, k2, count, revision in await cur.fetchall():
+                out[(table, ws, (k1, k2))] = (int(count), int(revision))
+    return out
+
+
+async def settled(*workers: Worker) -> tuple[bool, Any]:
+    """Every worker has re-indexed after the latest rebalance (it owns its partitions)."""
+    counts = [w.text().count("re-indexed") for w in workers]
+    return all(n >= 2 for n in counts[:1]) and all(n >= 1 for n in counts), counts
+
+
+class Backwards:
+    """Samples every row every 0.3 s and keeps each move to a lower count or revision."""
+
+    def __init__(self, settings: Settings, tag: str) -> None:
+        self.settings, self.tag = settings, tag
+        self.last: dict[Any, tuple[int, int]] = {}
+        self.moves: list[tuple[Any, tuple[int, int], tuple[int, int]]] = []
+        self.samples = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for ident, (count, rev) in (await revisions(self.settings, self.tag)).items():
+                before = self.last.get(ident)
+                if before is not None and (count < before[0] or rev < before[1]):
+                    self.moves.append((ident, before, (count, rev)))
+                self.last[ident] = (count, rev)
+            self.samples += 1
+            await asyncio.sleep(0.3)
+
+
+async def test_a_frozen_worker_that_wakes_up_moves_no_row_backwards(
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    tag = "z" + uuid.uuid4().hex[:8]
+    env = isolated_env(tmp_path, **SMALL_ENV, COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
+                       COLLECTOR_INFLUX__DATABASE=f"{tag}db", COLLECTOR_APP__STORE="rocksdb",
+                       COLLECTOR_KAFKA__COMMIT_INTERVAL="2")
+    settings = settings_for(env)
+    users, segments = await prepare_stream(settings, tag, 8)
+    zombie = await start(worker_factory({**env, "COLLECTOR_APP__DATADIR": str(
+        tmp_path / "a")}, "zombie"))
+    other = await start(worker_factory({**env, "COLLECTOR_APP__DATADIR": str(
+        tmp_path / "b"), "COLLECTOR_WEB__PORT": str(free_port())}, "other"))
+    # the group settles first: the zombie is about the freeze, not the join rebalance
+    await until(lambda: settled(zombie, other), 30, "both workers assigned")
+    await asyncio.sleep(2)
+    watch = Backwards(settings, tag)
+    stop = asyncio.Event()
+    watching = asyncio.get_running_loop().create_task(watch.run(stop))
+    lo = int(time.time() * 1000) - 60_000
+    pace = 0.35
+    freeze_at = 6
+    thaw_at = freeze_at + int((SESSION_S + 6) / pace)
+    marks: dict[str, float] = {}
+
+    async def freeze(i: int) -> None:
+        assert zombie.proc is not None
+        if i == freeze_at:
+            zombie.proc.send_signal(signal.SIGSTOP)
+            marks["frozen"] = time.monotonic()
+        if i == thaw_at:
+            zombie.proc.send_signal(signal.SIGCONT)
+            marks["thawed"] = time.monotonic()
+
+    try:
+        events = await stream(settings, tag, users, batches=thaw_at + 15, pace_s=pace,
+                              rng=random.Random(21), after_batch=freeze)
+        expected = expect(events, segments, **SMALL)
+        hi = int(time.time() * 1000) + 60_000
+
+        async def all_final() -> tuple[bool, Any]:
+            rows = await mysql_rows(settings, lo, hi, keys_for(tag))
+            done = expected.keys() <= rows.keys() and all(f for _, f in rows.values())
+            quiet = (await _quiet(other))[0] and (await _quiet(zombie))[0]
+            return done and quiet, rows if done else sorted(expected.keys() - rows.keys())[:5]
+
+        rows = await until(all_final, 120, "every window final after the zombie woke up")
+        await asyncio.sleep(2)  # a late zombie write would show in the watch by now
+    finally:
+        stop.set()
+        await watching
+        assert zombie.proc is not None
+        zombie.proc.send_signal(signal.SIGCONT)
+    over, wrong = over_counts(rows, expected)
+    print(f"\n[zombie] frozen {marks['thawed'] - marks['frozen']:.1f}s (session {SESSION_S}s); "
+          f"{len(events)} events; {watch.samples} samples of {len(watch.last)} rows, "
+          f"{len(watch.moves)} moves backwards; over-count {over}", flush=True)
+    assert "did not run for" in zombie.text()  # it noticed the freeze and held back
+    # none at the same revision: the upsert refuses those (the zombie's stale rows were)
+    assert not [m for m in watch.moves if m[1][1] == m[2][1]], watch.moves
+    assert not wrong, wrong[:10]
+    assert sum(over.values()) == 0, over
