@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,14 +47,6 @@ def worker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield w
     finally:
         w.stop()
-
-
-def peak_rss_mb(w: Worker) -> float:
-    assert w.proc is not None
-    for line in Path(f"/proc/{w.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 class Prober:
@@ -119,7 +110,7 @@ async def test_huge_bodies_are_refused_while_the_worker_stays_live(worker: Worke
             assert body["rejected_by_reason"] == {"schema_violation": 2000}
             assert size < 50_000
     assert statuses.count(202) >= 2, statuses  # the slots serve, they do not just refuse
-    peak = peak_rss_mb(worker)
+    peak = worker.peak_rss_mb()
     print(f"huge body: 413 in {took:.3f}s; burst: {statuses}; slowest /livez "
           f"{prober.slowest:.3f}s over {prober.calls} calls; peak RSS {peak:.0f} MB")
     assert not prober.failures, prober.failures[:5]

@@ -54,14 +54,6 @@ MAX_PENDING = 1000
 RSS_BOUND_MB = 900
 
 
-def peak_rss_mb(worker: Worker) -> float:
-    assert worker.proc is not None
-    for line in Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 class Watch:
     """Samples readiness, pending rows, the pause gauge and ingest every 0.25 s."""
 
@@ -154,7 +146,7 @@ async def test_mysql_outage_pauses_consumption_and_catches_up(
         raise
     caught_up = time.monotonic() - marks["up"]
     text = await metrics(worker)
-    peak = peak_rss_mb(worker)
+    peak = worker.peak_rss_mb()
     print(f"\n[backpressure] MySQL down {marks['up'] - marks['down']:.0f}s with {USERS} users: "
           f"{len(events)} events ({len(watch.ingested)} by HTTP during the outage, statuses "
           f"{sorted(set(watch.ingest_status))}); pending peak {watch.pending_peak} (limit "

@@ -73,6 +73,14 @@ class Worker:
         self.started_at = time.monotonic()
         return self
 
+    def peak_rss_mb(self) -> float:
+        """The process's resident peak (VmHWM), in MB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
+
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
