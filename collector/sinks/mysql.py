@@ -5,8 +5,7 @@
 batch lands whole or not at all and replaying it changes nothing, not even
 ``updated_at`` (one UTC timestamp per batch).  A final row is never overwritten by a
 non-final one: ``final`` is sticky and, once set, only another final row may change
-the values; and no row goes backwards (an older revision or, at the same revision, a
-lower count is ignored).
+the values.
 
 Driver errors are translated here: data errors (a value too long or out of range)
 become ``BatchRejected`` so the base class bisects to the bad rows; connection and
@@ -80,12 +79,7 @@ def upsert_sql(table: str) -> str:
     keys, values = KEY_COLUMNS[table], VALUE_COLUMNS[table]
     columns = ["window_start", "window_seconds", *keys, *values, "final", "updated_at"]
     holders = ", ".join(["%s"] * len(columns))  # plain %s only: executemany batches rows
-    # a stale write changes nothing: a non-final row after a final one, an older
-    # revision, or a lower count at the same revision (counts only grow within one; a
-    # lower one comes from a worker that lost its partitions, or a merge still missing
-    # a slot's partial after a rebalance)
-    keep = ("(final AND NOT VALUES(final) OR VALUES(revision) < revision"
-            " OR (VALUES(revision) = revision AND VALUES(count) < count))")
+    keep = "(final AND NOT VALUES(final))"
     same = " AND ".join(f"{col} <=> VALUES({col})" for col in values)
     updates = [f"updated_at = IF({keep} OR ({same} AND final >= VALUES(final)), "
                "updated_at, VALUES(updated_at))"]

