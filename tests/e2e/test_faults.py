@@ -74,11 +74,19 @@ async def committed(settings: Settings) -> dict[tuple[str, int], int]:
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
 
 
-def env_for(tmp_path: Path, tag: str) -> dict[str, str]:
-    return isolated_env(tmp_path, **SMALL_ENV, COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
-                        COLLECTOR_INFLUX__DATABASE=f"{tag}db",
-                        COLLECTOR_KAFKA__COMMIT_INTERVAL="1",
-                        COLLECTOR_WEB__READY_PRODUCE_FAILING_SECONDS="2")
+async def scenario(tmp_path: Path, worker_factory: Callable[..., Worker], prefix: str
+                   ) -> tuple[str, Settings, list[str], dict[str, tuple[str, str]], Worker, int]:
+    """Tag, settings, seeded users and their segments, a ready worker, and the lowest
+    window start of the run."""
+    tag = prefix + uuid.uuid4().hex[:8]
+    env = isolated_env(tmp_path, **SMALL_ENV, COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b",
+                       COLLECTOR_INFLUX__DATABASE=f"{tag}db",
+                       COLLECTOR_KAFKA__COMMIT_INTERVAL="1",
+                       COLLECTOR_WEB__READY_PRODUCE_FAILING_SECONDS="2")
+    settings = settings_for(env)
+    users, segments = await prepare_stream(settings, tag, 6)
+    worker = await start(worker_factory(env))
+    return tag, settings, users, segments, worker, int(time.time() * 1000) - 60_000
 
 
 async def all_final(settings: Settings, worker: Worker, expected: dict[Any, Any],
@@ -95,13 +103,8 @@ async def all_final(settings: Settings, worker: Worker, expected: dict[Any, Any]
 async def test_dead_letter_topic_refusing_writes_then_accepting(
     migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
-    tag = "f" + uuid.uuid4().hex[:8]
-    env = env_for(tmp_path, tag)
-    settings = settings_for(env)
+    tag, settings, users, segments, worker, lo = await scenario(tmp_path, worker_factory, "f")
     dead_topic = settings.kafka.deadletter_topic
-    users, segments = await prepare_stream(settings, tag, 6)
-    worker = await start(worker_factory(env))
-    lo = int(time.time() * 1000) - 60_000
     rng = random.Random(5)
     bad: list[tuple[str, bytes]] = []  # (topic, key) of each malformed message
     outage: dict[str, Any] = {}
@@ -163,13 +166,8 @@ async def test_dead_letter_topic_refusing_writes_then_accepting(
 async def test_enriched_topic_refusing_writes_dead_letters_nothing(
     migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
-    tag = "g" + uuid.uuid4().hex[:8]
-    env = env_for(tmp_path, tag)
-    settings = settings_for(env)
+    tag, settings, users, segments, worker, lo = await scenario(tmp_path, worker_factory, "g")
     enriched = settings.kafka.enriched_topic
-    users, segments = await prepare_stream(settings, tag, 6)
-    worker = await start(worker_factory(env))
-    lo = int(time.time() * 1000) - 60_000
     outage: dict[str, Any] = {}
 
     async def after_batch(i: int) -> None:
