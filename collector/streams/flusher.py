@@ -300,6 +300,6 @@ class Flusher:
         value = orjson.dumps({
             "t": "p", "table": entry["table"], "key": entry["key"], "ws": entry["ws"],
             "slot": f"{entry['topic']}|{entry['partition']}", "agg": entry["agg"],
-            "closed": final,
+            "off": entry["off"], "closed": final,
         })
         return await self.send_partial(key, value, None)

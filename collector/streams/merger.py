@@ -8,6 +8,11 @@ are kept until every slot's ``ret`` (the highest close mark it ever sent) is
 ``windows.expires_seconds`` past their start.  A slot accepts no event for such a
 window any more (the same rule, on the same marks), so no partial can arrive later and
 create a window that holds only that slot, which would overwrite the row with less.
+
+A partial carries ``off``, the highest raw offset its slot had absorbed.  During a
+rebalance the old owner of a raw partition may already have sent a partial that the new
+owner, recovering from a changelog a little behind, sends again with fewer events; the
+merge keeps the partial with the higher ``off`` per slot, so a row never moves back.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ def mark_key(partition: int, slot: str) -> str:
     return f"k{SEP}{partition}{SEP}{slot}"
 
 
-
-
 @dataclass
 class Merger:
     """Merges partials of the partials-topic partitions this worker owns."""
@@ -56,6 +59,8 @@ class Merger:
     needs_rescan: bool = True
     #: partials ignored because their window had expired here (see the module doc)
     stale: int = 0
+    #: partials ignored because the slot's partial held here had absorbed more
+    behind: int = 0
 
     def apply(self, partition: int, record: dict[str, Any]) -> None:
         """One record from the partials topic: a slot's partial, or a slot's close mark."""
@@ -82,7 +87,14 @@ class Merger:
                      "key": record["key"], "ws": record["ws"], "slots": {}}
         elif entry["slots"].get(record["slot"]) == record["agg"]:
             return  # a replay or a re-sent flush: nothing changed
-        entry["slots"][record["slot"]] = record["agg"]  # replace, never add
+        slot, off = record["slot"], record.get("off")
+        offs = entry.setdefault("offs", {})
+        if off is not None:
+            if off < offs.get(slot, -1):
+                self.behind += 1  # absorbed fewer raw records than the partial we hold
+                return
+            offs[slot] = off
+        entry["slots"][slot] = record["agg"]  # replace, never add
         self.state.set(partition, key, entry)
         self.index[key] = partition
         self.dirty.add(key)

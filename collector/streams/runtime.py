@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry
 from collector import app as _app
 from collector import settings as _settings
 from collector.config import Settings
-from collector.models import DEADLETTER_REASON_HEADER, Reason, dead_letter_for_event
+from collector.models import Reason
 from collector.observability import Metrics
 from collector.observability.faust_sensors import install_faust_sensors
 from collector.observability.lag import LagTracker, consumer_offsets
 from collector.observability.summary import RateHistory, Totals, totals_of
-from collector.sinks import InfluxSink, MySQLSink, Row
+from collector.sinks import InfluxSink, MySQLSink
 from collector.sources import Enricher, ProfileCache, UserRepository
 from collector.streams.aggregator import Aggregator, Specs
 from collector.streams.backpressure import Backpressure
@@ -34,6 +34,7 @@ from collector.streams.flusher import BacklogWatch, Flusher
 from collector.streams.merger import Merger
 from collector.streams.output import KafkaOutput
 from collector.streams.processor import RawProcessor
+from collector.streams.rejected import RejectedRows
 from collector.streams.sinkhub import SinkHub
 from collector.streams.state import FaustState
 from collector.streams.tables import merged_table, state_table
@@ -87,8 +88,15 @@ class Runtime(mode.Service):
         self.influx_sink = InfluxSink(settings.influx, metrics=self.metrics)
         self.sinks = SinkHub([self.mysql_sink, self.influx_sink],
                              interval=windows.flush_interval_seconds)
+        self.rejected = RejectedRows(
+            send=self._send_dead_letter,
+            release=lambda rows: self.flusher.on_user_rows_written(rows),
+            spawn=self.add_future,
+            on_dead_lettered=metrics.dead_lettered.labels(
+                "sink", Reason.SINK_REJECTED.value).inc,
+        )
         for sink in self.sinks.sinks:
-            sink.on_rejected = self._sink_rejected  # type: ignore[method-assign]
+            sink.on_rejected = self.rejected  # type: ignore[method-assign]
         self.flusher = Flusher(
             aggregator=self.aggregator, state=self.window_state, specs=self.specs,
             raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
@@ -115,20 +123,11 @@ class Runtime(mode.Service):
         return await self.output.send(self.settings.kafka.partials_topic, key, value, None,
                                       partition)
 
-    def _sink_rejected(self, row: Row, reason: str) -> None:
-        """A row a sink refused for good: dead-letter it (``sink_rejected``), never retry."""
-        event = {"table": row.table, "window_start_ms": row.window_start_ms,
-                 "window_seconds": row.window_seconds, "key": list(row.key),
-                 "values": dict(row.values), "final": row.final}
-        payload = dead_letter_for_event(
-            Reason.SINK_REJECTED, event, [{"loc": row.table, "msg": reason}],
-            source="sink", topic=row.table, partition=-1, offset=-1,
-            received_at_ms=int(time.time() * 1000),
-        )
-        headers = [(DEADLETTER_REASON_HEADER, Reason.SINK_REJECTED.value.encode())]
-        self.metrics.dead_lettered.labels("sink", Reason.SINK_REJECTED.value).inc()
-        self.add_future(self.output.send(self.settings.kafka.deadletter_topic, None, payload,
-                                         headers))
+    async def _send_dead_letter(
+        self, payload: bytes, headers: list[tuple[str, bytes]]
+    ) -> Awaitable[Any]:
+        return await self.output.send(self.settings.kafka.deadletter_topic, None, payload,
+                                      headers)
 
     def owned(self, topics: list[str]) -> set[tuple[str, int]]:
         """Partitions of ``topics`` actively assigned to this worker (not standbys)."""

@@ -6,12 +6,10 @@ host, or a loopback port someone else serves, is "external": used, never started
 """
 
 import argparse
-import asyncio
 import contextlib
 import fcntl
 import ipaddress
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -20,7 +18,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from collector.config import Settings, load_settings_or_exit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # a script dir, not a package
 import kafka_broker
+import probes
 
 LOCAL = Path(__file__).resolve().parents[2] / ".local"  # <project>/.local
 READY_TIMEOUT = 30.0
@@ -203,70 +202,12 @@ def install(packages: list[str]) -> bool:
     return True
 
 
-def _kafka(svc: Service, settings: Settings) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    if not answering(svc.host, svc.port):  # before aiokafka, which logs every refusal
-        raise ConnectionError(f"{svc.host}:{svc.port} refused the connection")
-
-    async def metadata() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=f"{svc.host}:{svc.port}")
-        try:
-            await producer.start()  # bootstraps: a real metadata round trip
-        finally:
-            await producer.stop()
-
-    asyncio.run(metadata())
-
-
-def _redis(svc: Service, settings: Settings) -> None:
-    import redis
-
-    url = settings.redis.url.get_secret_value()
-    with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
-        client.ping()
-
-
-def _mariadb(svc: Service, settings: Settings) -> None:
-    """Log in as the app user; on a fresh server create its database and account first."""
-    import pymysql
-
-    kw = settings.mysql.connect_kwargs()
-    app = {"host": kw["host"], "port": kw["port"], "user": kw["user"]}
-    app |= {"password": kw["password"], "database": kw["db"], "connect_timeout": 2}
-    try:
-        pymysql.connect(**app).close()
-        return
-    except pymysql.err.OperationalError as exc:
-        if exc.args[0] not in (1044, 1045, 1049, 1130):  # not: no such user or database
-            raise
-    # Root (as our OS user) authenticates only over the unix socket.
-    me = pwd.getpwuid(os.geteuid()).pw_name
-    admin = pymysql.connect(unix_socket=str(mariadb_socket(svc)), user=me, connect_timeout=2)
-    db = "`" + kw["db"].replace("`", "``") + "`"
-    with admin, admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
-        password = admin.escape(kw["password"])
-        for host in ("localhost", "127.0.0.1"):
-            account = f"{admin.escape(kw['user'])}@{admin.escape(host)}"
-            cur.execute(f"CREATE USER IF NOT EXISTS {account} IDENTIFIED BY {password}")
-            cur.execute(f"ALTER USER {account} IDENTIFIED BY {password}")  # DSN may change
-            cur.execute(f"GRANT ALL PRIVILEGES ON {db}.* TO {account}")
-    pymysql.connect(**app).close()
-
-
-def _influx(svc: Service, settings: Settings) -> None:
-    influx = settings.influx
-    with urllib.request.urlopen(f"{influx.url}/ping", timeout=2) as resp:
-        if resp.status != 204:
-            raise ConnectionError(f"/ping answered {resp.status}")
-    # Our server runs without auth; an external one is never probed.
-    body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{influx.database}"'}).encode()
-    with urllib.request.urlopen(f"{influx.url}/query", data=body, timeout=5) as resp:
-        resp.read()
-
-
-CHECKS = {"kafka": _kafka, "redis": _redis, "mariadb": _mariadb, "influxdb": _influx}
+CHECKS: dict[str, Callable[[Service, Settings], None]] = {
+    "kafka": lambda svc, settings: probes.kafka(svc.host, svc.port),
+    "redis": lambda svc, settings: probes.redis(settings),
+    "mariadb": lambda svc, settings: probes.mariadb(mariadb_socket(svc), settings),
+    "influxdb": lambda svc, settings: probes.influx(settings),
+}
 
 
 def wait_ready(svc: Service, settings: Settings, proc: subprocess.Popen[bytes] | None) -> None:

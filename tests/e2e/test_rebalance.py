@@ -87,9 +87,12 @@ async def test_worker_joins_mid_stream(
         done = expected.keys() <= rows.keys() and all(f for _, f in rows.values())
         exact = done and not over_counts(rows, expected)[1]
         quiet = (await _quiet(first))[0] and (await _quiet(second))[0]
-        return exact and quiet, rows if done else sorted(expected.keys() - rows.keys())[:5]
+        if not done:
+            return False, sorted(expected.keys() - rows.keys())[:5]
+        return exact and quiet, (over_counts(rows, expected)[1][:5], rows)
 
-    rows = await until(all_final, 90, "every window final and exact after the rebalance")
+    await until(all_final, 90, "every window final and exact after the rebalance")
+    rows = await mysql_rows(settings, lo, hi, keys_for(tag))
     over, wrong = over_counts(rows, expected)
     consumed = [metric(await metrics(w), "collector_events_consumed_total") or 0
                 for w in (first, second)]

@@ -149,3 +149,4 @@ async def test_a_frozen_worker_holds_back_until_it_rejoins_and_rows_end_exact(
     assert "did not run for" in zombie.text()  # it noticed the freeze and held back
     assert not wrong, wrong[:10]
     assert sum(over.values()) == 0, over
+    assert not watch.moves, watch.moves[:10]  # no row ever went back

@@ -193,6 +193,40 @@ async def test_merge_writes_a_correction_once_and_ignores_retired_windows(
     assert merger.stale == 1 and merger.tick({0})["rows"] == 0
 
 
+async def test_merge_keeps_the_partial_that_absorbed_more_during_a_rebalance(
+    specs: Specs,
+) -> None:
+    """The old owner of a raw partition sent count 4 at offset 9; the new owner recovered
+    a changelog one record behind and re-sends count 3 at offset 8 before its replay
+    catches up.  The row must not move back to 3, then forward again."""
+    from collector.sinks import Row
+    from collector.streams.merger import Merger
+    from collector.streams.state import DictState
+
+    rows: list[Row] = []
+    merger = Merger(DictState(), specs, ["a|0", "b|0"], add_rows=rows.extend,
+                    expires_ms=specs.expires_ms)
+    partial = {"t": "p", "table": "segment_stats", "key": ["pro", "DE"], "ws": T0,
+               "slot": "a|0", "closed": False}
+    merger.apply(0, {**partial, "agg": {"count": 4, "value_sum": 4.0, "latest": T0},
+                     "off": 9})
+    merger.tick({0})
+    merger.apply(0, {**partial, "agg": {"count": 3, "value_sum": 3.0, "latest": T0},
+                     "off": 8})
+    assert merger.behind == 1 and merger.tick({0})["rows"] == 0
+    assert [r.values["count"] for r in rows] == [4]
+    # the new owner caught up, then counted one more: accepted
+    merger.apply(0, {**partial, "agg": {"count": 5, "value_sum": 5.0, "latest": T0},
+                     "off": 10})
+    merger.tick({0})
+    assert [r.values["count"] for r in rows] == [4, 5]
+    # another slot's offsets are its own
+    merger.apply(0, {**partial, "slot": "b|0", "off": 2,
+                     "agg": {"count": 1, "value_sum": 1.0, "latest": T0}})
+    merger.tick({0})
+    assert rows[-1].values["count"] == 6
+
+
 def test_home_partition_is_kafkas_default_partitioner() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
