@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from benchmarks.common import new_tag
 from collector.config import Settings
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 
 
 async def run_ceiling(settings: Settings, messages: int, events: int,

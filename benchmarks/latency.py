@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaProducer
 
 from benchmarks.report import summarize
 from collector.config import Settings
-from collector.sources.generator import DEFAULT_TYPES, Generator, GeneratorConfig
-from collector.sources.kafka import client_kwargs
+from collector.devtools.generator import DEFAULT_TYPES, Generator, GeneratorConfig
+from collector.kafka.clients import client_kwargs
 
 
 def match_curves(sent: list[tuple[float, int]], visible: list[tuple[float, int]]

@@ -31,8 +31,8 @@ from benchmarks.common import (
 )
 from collector.config import Settings
 from collector.db.migrate import connect
-from collector.sources.cache import ProfileCache
-from collector.sources.users import UserRepository
+from collector.enrichment.cache import ProfileCache
+from collector.enrichment.users import UserRepository
 
 POLL_S = 0.05
 RUN_POLL_S = 0.5

@@ -1,13 +1,20 @@
 """collector: Kafka data collection with validation, enrichment, windows and sinks.
 
-``faust -A collector worker`` finds :data:`app` here.  Settings are validated on import
-so that a bad value stops the worker (exit status 2) before anything connects.
+``faust -A collector worker`` finds ``app`` here: a lazy attribute, so importing
+collector (or any of its modules) has no side effects; the app is built from the
+environment's settings on first access (:func:`collector.factory.default_app`).
 """
 
-from collector.app import create_app
-from collector.config import load_settings_or_exit
+from __future__ import annotations
 
-settings = load_settings_or_exit()
-app = create_app(settings)
+from typing import Any
 
-__all__ = ["app", "settings"]
+__all__ = ["app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from collector.factory import default_app
+
+        return default_app()
+    raise AttributeError(f"module 'collector' has no attribute {name!r}")

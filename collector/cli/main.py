@@ -47,7 +47,7 @@ def _seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(_args: argparse.Namespace, settings: Settings) -> int:
-    from collector.sources.topics import ensure_topics
+    from collector.kafka.topics import ensure_topics
 
     created = asyncio.run(ensure_topics(settings))
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none (all exist)'}")
@@ -56,7 +56,7 @@ def _topics(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from collector.cli.produce import produce
-    from collector.sources.generator import DEFAULT_TYPES, GeneratorConfig
+    from collector.devtools.generator import DEFAULT_TYPES, GeneratorConfig
 
     types = tuple(t for t in args.types.split(",") if t) if args.types else DEFAULT_TYPES
     config = GeneratorConfig(
@@ -75,7 +75,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users_upsert(args: argparse.Namespace, settings: Settings) -> int:
-    from collector.sources import ProfileCache, UserProfile, UserRepository, upsert_user
+    from collector.enrichment import ProfileCache, UserProfile, UserRepository, upsert_user
 
     profile = UserProfile(args.user_id, args.segment, args.country, args.plan)
 

@@ -9,9 +9,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from collector.config import Settings
-from collector.sources.generator import Generator, GeneratorConfig
-from collector.sources.kafka import client_kwargs
-from collector.sources.topics import ensure_topics
+from collector.devtools.generator import Generator, GeneratorConfig
+from collector.kafka.clients import client_kwargs
+from collector.kafka.topics import ensure_topics
 
 
 async def produce(

@@ -19,8 +19,8 @@ from pathlib import Path
 import aiomysql
 
 from collector.config.settings import Settings
-from collector.sources.errors import SourceError, SourceUnavailable
-from collector.sources.users import mysql_errors
+from collector.enrichment.errors import SourceError, SourceUnavailable
+from collector.enrichment.users import mysql_errors
 
 log = logging.getLogger(__name__)
 

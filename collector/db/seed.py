@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from collector.config.settings import Settings
 from collector.db.migrate import connect
-from collector.sources.users import mysql_errors
+from collector.enrichment.users import mysql_errors
 
 SEGMENTS = ("consumer", "smb", "enterprise")
 SEGMENT_WEIGHTS = (70, 25, 5)

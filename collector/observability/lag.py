@@ -11,9 +11,8 @@ is not making progress.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 TopicPartition = tuple[str, int]
 
@@ -88,28 +87,4 @@ class LagTracker:
         return sum(p.lag or 0 for p in self.partitions)
 
 
-def consumer_offsets(consumer: Any, tps: Iterable[Any]) -> dict[TopicPartition, Offsets]:
-    """Read Faust's consumer bookkeeping for ``tps`` (Faust ``TP`` tuples); no I/O.
-
-    ``highwater(tp)`` is the value of the latest fetch response (None before the first);
-    the committed and read offsets are Faust's own records of what it committed and
-    handed to the streams.
-    """
-    committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
-    read: Mapping[Any, int | None] = getattr(consumer, "_read_offset", {})
-    out: dict[TopicPartition, Offsets] = {}
-    for tp in tps:
-        try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # consumer not started or partition just revoked
-            highwater = None
-        last_read = read.get(tp)
-        out[(tp.topic, tp.partition)] = Offsets(
-            highwater=int(highwater) if highwater is not None else None,
-            committed=committed.get(tp),
-            consumed=last_read + 1 if last_read is not None else None,
-        )
-    return out
-
-
-__all__ = ["LagTracker", "Offsets", "PartitionLag", "consumer_offsets", "lag_of"]
+__all__ = ["LagTracker", "Offsets", "PartitionLag", "lag_of"]

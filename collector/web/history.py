@@ -15,7 +15,7 @@ import aiomysql
 import mode
 
 from collector.config import MySQLSettings
-from collector.streams.windows import WindowSpec
+from collector.engine.windows import WindowSpec
 from collector.web import query_logic as ql
 
 log = logging.getLogger(__name__)

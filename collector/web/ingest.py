@@ -18,11 +18,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust import web
 
-from collector import app, settings
+from collector.agents.runtime import Runtime
+from collector.config import Settings
+from collector.kafka.clients import client_kwargs
 from collector.models import Limits
-from collector.sources.kafka import client_kwargs
-from collector.streams.runtime import runtime
 from collector.web.ingest_logic import BodyError, IngestPlan, Planner, parse_body
+from collector.web.ops import runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,17 @@ SLOT_WAIT_S = 2.0
 class IngestProducer(mode.Service):
     """A lazily started producer; a broker that is down at start-up is not fatal."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        #: bounds the bodies held and parsed at once: a burst of 4 MB bodies is queued
+        #: (unread, so unbuffered) instead of parsed side by side
+        self.slots = asyncio.Semaphore(settings.ingest.max_concurrent_requests)
 
     async def _get(self) -> AIOKafkaProducer:
+        settings = self.settings
         async with self._lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
@@ -79,11 +85,6 @@ class IngestProducer(mode.Service):
             await self._producer.stop()
 
 
-ingest_producer = IngestProducer()
-#: bounds the bodies held and parsed at once: a burst of 4 MB bodies is queued (unread,
-#: so unbuffered) instead of parsed side by side
-_slots = asyncio.Semaphore(settings.ingest.max_concurrent_requests)
-app.add_dependency(ingest_producer)
 blueprint = web.Blueprint("ingest")
 
 
@@ -108,24 +109,28 @@ class IngestView(web.View):
 
     async def post(self, request: web.Request, source: str) -> web.Response:
         # the bearer token (web.ingest_token) was checked by collector.web.auth
+        runtime = runtime_of(self)
+        settings = runtime.settings
+        slots = runtime.ingest_producer.slots
         if source not in settings.kafka.sources:
             return self.json({"error": f"unknown source {source!r}",
                               "sources": settings.kafka.sources}, status=404)
         try:
             async with asyncio.timeout(SLOT_WAIT_S):
-                await _slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             return self.json({"error": "too many ingest requests in progress; retry"},
                              status=503, headers={"Retry-After": "1"})
         try:
-            plan = await self._plan(request, source)
+            plan = await self._plan(request, source, settings)
         finally:
-            _slots.release()
+            slots.release()
         if isinstance(plan, IngestPlan):
-            return await self._produce(source, plan)
+            return await self._produce(source, plan, runtime)
         return plan
 
-    async def _plan(self, request: web.Request, source: str) -> IngestPlan | web.Response:
+    async def _plan(self, request: web.Request, source: str, settings: Settings
+                    ) -> IngestPlan | web.Response:
         """Read, parse and validate one body, never long on the loop (slot held)."""
         limit = settings.web.max_body_bytes
         body = await read_limited(request, limit)
@@ -145,11 +150,13 @@ class IngestView(web.View):
             planner.add(items[start:start + PLAN_CHUNK], start)
         return planner.finish()
 
-    async def _produce(self, source: str, plan: IngestPlan) -> web.Response:
-        metrics = runtime.metrics
+    async def _produce(self, source: str, plan: IngestPlan, runtime: Runtime
+                       ) -> web.Response:
+        metrics, settings = runtime.metrics, runtime.settings
         if plan.envelopes:
             try:
-                await ingest_producer.send_all(settings.kafka.raw_topic(source), plan.envelopes)
+                await runtime.ingest_producer.send_all(settings.kafka.raw_topic(source),
+                                                       plan.envelopes)
             except (KafkaError, TimeoutError, OSError) as exc:
                 log.warning("ingest: broker unavailable: %r", exc)
                 metrics.http_ingest.labels(source, "unavailable").inc(plan.accepted)
@@ -158,6 +165,3 @@ class IngestView(web.View):
         metrics.http_ingest.labels(source, "accepted").inc(plan.accepted)
         metrics.http_ingest.labels(source, "rejected").inc(plan.rejected_total)
         return self.json(plan.answer(), status=202)
-
-
-blueprint.register(app, url_prefix="")

@@ -12,10 +12,10 @@ from typing import Any
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from collector import app, settings
+from collector.agents.runtime import Runtime
+from collector.config import Settings
 from collector.observability import health
 from collector.observability.health import Thresholds
-from collector.streams.runtime import runtime
 
 blueprint = web.Blueprint("ops")
 
@@ -23,7 +23,7 @@ blueprint = web.Blueprint("ops")
 @blueprint.route("/metrics", name="metrics")
 class MetricsView(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        body = generate_latest(runtime.registry)
+        body = generate_latest(runtime_of(self).registry)
         return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
@@ -33,23 +33,30 @@ class LiveView(web.View):
     leaves a worker that answers HTTP but consumes nothing, which only a restart fixes."""
 
     async def get(self, request: web.Request) -> web.Response:
-        failure = getattr(app, "fetcher_failure", None)
+        failure = getattr(self.app, "fetcher_failure", None)
         if failure:
             return self.json({"live": False, "reason": failure}, status=503)
         return self.json({"live": True})
 
 
-def _thresholds() -> Thresholds:
+def runtime_of(view: web.View) -> Runtime:
+    """The worker's runtime, which the app factory hangs on the app."""
+    runtime: Runtime = view.app.runtime  # type: ignore[attr-defined]
+    return runtime
+
+
+def _thresholds(settings: Settings) -> Thresholds:
     web_settings = settings.web
     return Thresholds(stall_s=web_settings.ready_stall_seconds,
                       sink_failing_s=web_settings.ready_sink_failing_seconds,
                       produce_failing_s=web_settings.ready_produce_failing_seconds)
 
 
-def readiness() -> tuple[bool, dict[str, Any]]:
+def readiness(runtime: Runtime) -> tuple[bool, dict[str, Any]]:
     """Ready once recovered, with commits progressing and every topic writable."""
+    app = runtime.app
     recovery = app.tables.recovery  # type: ignore[attr-defined]
-    thresholds = _thresholds()
+    thresholds = _thresholds(runtime.settings)
     return health.readiness(
         recovered=recovery.completed.is_set() and not app.in_recovery,
         rebalancing=bool(app.rebalancing),
@@ -67,15 +74,14 @@ class SinksHealthView(web.View):
     or on ``collector_sink_healthy``); the worker stays ready meanwhile."""
 
     async def get(self, request: web.Request) -> web.Response:
-        ok, body = health.sink_status(runtime.sinks.health(), time.time(), _thresholds())
+        runtime = runtime_of(self)
+        ok, body = health.sink_status(runtime.sinks.health(), time.time(),
+                                      _thresholds(runtime.settings))
         return self.json(body, status=200 if ok else 503)
 
 
 @blueprint.route("/readyz", name="readyz")
 class ReadyView(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        ok, body = readiness()
+        ok, body = readiness(runtime_of(self))
         return self.json(body, status=200 if ok else 503)
-
-
-blueprint.register(app, url_prefix="")

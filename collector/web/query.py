@@ -24,14 +24,13 @@ import aiohttp
 from faust import web
 from yarl import URL
 
-from collector import app, settings
-from collector.streams.aggregator import user_key
-from collector.streams.merger import mark_key
-from collector.streams.runtime import runtime
-from collector.streams.tables import merged_table, state_table
+from collector.agents.runtime import Runtime
+from collector.engine.aggregator import user_key
+from collector.engine.merger import mark_key
 from collector.web import query_logic as ql
-from collector.web.history import History, HistoryUnavailable
+from collector.web.history import HistoryUnavailable
 from collector.web.openapi import openapi_document
+from collector.web.ops import runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,6 @@ RETRY_AFTER_S = 1
 USER_POINT_READS = 5000
 
 blueprint = web.Blueprint("query")
-history = History(settings.mysql)
-app.add_dependency(history)
 
 
 class Unavailable(Exception):
@@ -55,21 +52,22 @@ def _ident(url: str | URL) -> tuple[str, int]:
     return parsed.host or "", parsed.port or 80
 
 
-def _is_me(url: str) -> bool:
-    return _ident(url) == _ident(app.conf.canonical_url)
+def _is_me(rt: Runtime, url: str) -> bool:
+    return _ident(url) == _ident(rt.app.conf.canonical_url)
 
 
-def owners(table: Any) -> dict[int, str]:
+def owners(rt: Runtime, table: Any) -> dict[int, str]:
     """partition -> URL of the worker actively owning it, from the assignor's metadata."""
     topic = table.changelog_topic.get_topic_name()
     out: dict[int, str] = {}
-    for url, topics in app.assignor.tables_metadata().items():
+    for url, topics in rt.app.assignor.tables_metadata().items():
         for partition in topics.get(topic, ()):
             out[partition] = url
     return out
 
 
-def _check_local(partitions: list[int], owned: set[int]) -> None:
+def _check_local(rt: Runtime, partitions: list[int], owned: set[int]) -> None:
+    app = rt.app
     recovery = app.tables.recovery  # type: ignore[attr-defined]
     if app.rebalancing:
         raise Unavailable("rebalancing")
@@ -80,12 +78,12 @@ def _check_local(partitions: list[int], owned: set[int]) -> None:
         raise Unavailable(f"partitions {missing} are not owned by this worker (moving)")
 
 
-def _owned(topics: list[str]) -> set[int]:
-    return {p for _, p in runtime.owned(topics)}
+def _owned(rt: Runtime, topics: list[str]) -> set[int]:
+    return {p for _, p in rt.owned(topics)}
 
 
-def _merged_close_mark(partition: int) -> int:
-    merger = runtime.merger
+def _merged_close_mark(rt: Runtime, partition: int) -> int:
+    merger = rt.merger
     closed = []
     for slot in merger.expected_slots:
         mark = merger.state.get(partition, mark_key(partition, slot))
@@ -93,18 +91,19 @@ def _merged_close_mark(partition: int) -> int:
     return min(closed, default=0)
 
 
-def local_stats(query: ql.Query, partitions: list[int]) -> list[dict[str, Any]]:
-    _check_local(partitions, _owned([settings.kafka.partials_topic]))
-    spec = runtime.specs.for_table(query.table)
-    return ql.merged_windows(runtime.merger.state.items(), query, spec, partitions,
-                             _merged_close_mark)
+def local_stats(rt: Runtime, query: ql.Query, partitions: list[int]
+                ) -> list[dict[str, Any]]:
+    _check_local(rt, partitions, _owned(rt, [rt.settings.kafka.partials_topic]))
+    spec = rt.specs.for_table(query.table)
+    return ql.merged_windows(rt.merger.state.items(), query, spec, partitions,
+                             lambda partition: _merged_close_mark(rt, partition))
 
 
-def local_user(query: ql.Query, partition: int) -> list[dict[str, Any]]:
-    raw_topics = settings.kafka.raw_topics
-    _check_local([partition], _owned(raw_topics))
-    spec = runtime.specs.user
-    state = runtime.window_state
+def local_user(rt: Runtime, query: ql.Query, partition: int) -> list[dict[str, Any]]:
+    raw_topics = rt.settings.kafka.raw_topics
+    _check_local(rt, [partition], _owned(rt, raw_topics))
+    spec = rt.specs.user
+    state = rt.window_state
     user_id = query.key["user_id"]
     assert user_id is not None
     starts = ql.user_window_starts(query, spec)
@@ -121,21 +120,22 @@ def local_user(query: ql.Query, partition: int) -> list[dict[str, Any]]:
         if entry is None:
             continue
         if closed is None:  # the same computation as the flusher's
-            slots = [runtime.aggregator.slot(t, partition) for t in raw_topics]
+            slots = [rt.aggregator.slot(t, partition) for t in raw_topics]
             closed = min(max(s["wm"], s["idle"]) for s in slots)
         final = spec.is_closed(ws, closed)
         out.append(ql.window(query.table, spec, [user_id], ws, entry["agg"], final))
     return ql.sort_windows(out)
 
 
-async def _peer(url: str, request: web.Request, params: Mapping[str, str]) -> dict[str, Any]:
+async def _peer(rt: Runtime, url: str, request: web.Request, params: Mapping[str, str]
+                ) -> dict[str, Any]:
     """GET the same path from another worker; its JSON, or Unavailable."""
     target = URL(url).with_path(request.url.path).with_query(dict(params))
     headers = {}
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     try:
-        async with app.http_client.get(
+        async with rt.app.http_client.get(
             target, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
         ) as resp:
             body: dict[str, Any] = await resp.json(content_type=None)
@@ -148,11 +148,12 @@ async def _peer(url: str, request: web.Request, params: Mapping[str, str]) -> di
         raise Unavailable(f"worker {url} did not answer ({exc!r})") from exc
 
 
-async def full_answer(query: ql.Query, live: list[dict[str, Any]]) -> dict[str, Any]:
+async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
+                      ) -> dict[str, Any]:
     """Live windows over the sink's rows; without MySQL, the live ones, marked incomplete."""
-    spec = runtime.specs.for_table(query.table)
+    spec = rt.specs.for_table(query.table)
     try:
-        rows = await history.windows(query, spec)
+        rows = await rt.history.windows(query, spec)
     except HistoryUnavailable as exc:
         return ql.response(query, spec, live, complete=False, incomplete=str(exc))
     return ql.response(query, spec, ql.overlay(rows, live))
@@ -164,15 +165,16 @@ def _unavailable(view: web.View, exc: Unavailable) -> web.Response:
 
 
 async def answer_stats(view: web.View, request: web.Request, query: ql.Query) -> web.Response:
+    rt = runtime_of(view)
     params = dict(request.query)
-    count = settings.kafka.partitions
-    spec = runtime.specs.for_table(query.table)
+    count = rt.settings.kafka.partitions
+    spec = rt.specs.for_table(query.table)
     if params.get("scope") == "local":
         parts = ql.parse_partitions(params.get("partitions"), count)
-        parts = sorted(_owned([settings.kafka.partials_topic])) if parts is None else parts
-        windows = local_stats(query, parts)
+        parts = sorted(_owned(rt, [rt.settings.kafka.partials_topic])) if parts is None else parts
+        windows = local_stats(rt, query, parts)
         return view.json(ql.response(query, spec, windows, partitions=parts))
-    by_partition = owners(merged_table)
+    by_partition = owners(rt, rt.tables.merged)
     missing = [p for p in range(count) if p not in by_partition]
     if missing:
         raise Unavailable(f"partitions {missing} have no owner yet (rebalancing)")
@@ -181,18 +183,18 @@ async def answer_stats(view: web.View, request: web.Request, query: ql.Query) ->
         by_url.setdefault(url, []).append(partition)
 
     async def one(url: str, parts: list[int]) -> list[dict[str, Any]]:
-        if _is_me(url):
-            return local_stats(query, parts)
+        if _is_me(rt, url):
+            return local_stats(rt, query, parts)
         sub = {**params, "scope": "local", "partitions": ",".join(map(str, parts)),
                "from": str(query.from_ms), "to": str(query.to_ms)}
-        body = await _peer(url, request, sub)
+        body = await _peer(rt, url, request, sub)
         if sorted(body.get("partitions", [])) != parts:
             raise Unavailable(f"{url} answered for other partitions than {parts}")
         windows: list[dict[str, Any]] = body["windows"]
         return windows
 
     answers = await asyncio.gather(*(one(url, p) for url, p in by_url.items()))
-    return view.json(await full_answer(query, ql.gather(answers)))
+    return view.json(await full_answer(rt, query, ql.gather(answers)))
 
 
 def _params(request: web.Request) -> dict[str, str]:
@@ -218,7 +220,7 @@ class EventStatsView(web.View):
 
     async def get(self, request: web.Request) -> web.Response:
         def parse() -> ql.Query:
-            return ql.parse_events(_params(request), settings.kafka.sources,
+            return ql.parse_events(_params(request), runtime_of(self).settings.kafka.sources,
                                    int(time.time() * 1000))
 
         return await _stats_view(self, request, parse)
@@ -240,21 +242,22 @@ class UserActivityView(web.View):
     """One user's activity windows, answered by the worker owning the user's partition."""
 
     async def get(self, request: web.Request, user_id: str) -> web.Response:
+        rt = runtime_of(self)
         params = _params(request)
         try:
             query = ql.parse_user(user_id, params, int(time.time() * 1000))
-            partition = ql.user_partition(user_id, settings.kafka.partitions)
+            partition = ql.user_partition(user_id, rt.settings.kafka.partitions)
             if params.get("scope") != "local":
-                owner = owners(state_table).get(partition)
+                owner = owners(rt, rt.tables.state).get(partition)
                 if owner is None:
                     raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
-                if not _is_me(owner):
+                if not _is_me(rt, owner):
                     sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
-                    body = await _peer(owner, request, sub)
-                    return self.json(await full_answer(query, body["windows"]))
-                return self.json(await full_answer(query, local_user(query, partition)))
-            windows = local_user(query, partition)
-            return self.json(ql.response(query, runtime.specs.user, windows))
+                    body = await _peer(rt, owner, request, sub)
+                    return self.json(await full_answer(rt, query, body["windows"]))
+                return self.json(await full_answer(rt, query, local_user(rt, query, partition)))
+            windows = local_user(rt, query, partition)
+            return self.json(ql.response(query, rt.specs.user, windows))
         except ql.ParamError as exc:
             return self.json(exc.body(), status=400)
         except Unavailable as exc:
@@ -266,7 +269,4 @@ class OpenAPIView(web.View):
     """The OpenAPI 3 description of every HTTP endpoint (public: no token needed)."""
 
     async def get(self, request: web.Request) -> web.Response:
-        return self.json(openapi_document(settings.kafka.sources))
-
-
-blueprint.register(app, url_prefix="")
+        return self.json(openapi_document(runtime_of(self).settings.kafka.sources))

@@ -15,9 +15,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from collector.models.contract import TYPE_RE, USER_ID_RE
-from collector.models.validate import parse_rfc3339_ms
-from collector.streams.windows import (
+from collector.engine.windows import (
     EVENT_STATS,
     SEGMENT_STATS,
     USER_ACTIVITY,
@@ -25,6 +23,8 @@ from collector.streams.windows import (
     combine,
     row_values,
 )
+from collector.models.contract import TYPE_RE, USER_ID_RE
+from collector.models.validate import parse_rfc3339_ms
 
 DEFAULT_RANGE_MS = 3_600_000
 #: Longest ``to - from``: a user query reads one key per window in the range.

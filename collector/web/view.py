@@ -11,10 +11,9 @@ from importlib import resources
 
 from faust import web
 
-from collector import app, settings
+from collector.agents.runtime import Runtime
 from collector.observability.summary import build_summary
-from collector.streams.runtime import runtime
-from collector.web.ops import readiness
+from collector.web.ops import readiness, runtime_of
 
 blueprint = web.Blueprint("view")
 
@@ -24,14 +23,14 @@ def page_html() -> str:
     return resources.files("collector.web").joinpath("static/index.html").read_text("utf-8")
 
 
-def summary() -> dict[str, object]:
-    rt = runtime
-    ready, body = readiness()
+def summary(rt: Runtime) -> dict[str, object]:
+    ready, body = readiness(rt)
     now = rt.totals()
     return build_summary(
         rt.metrics, now=now, history=rt.history, sink_health=rt.sinks.health(),
         lag=rt.lag.partitions, ready={"ready": ready, "reasons": body["reasons"]},
-    ) | {"worker": {"app": settings.app.id, "url": str(app.conf.canonical_url)}}
+    ) | {"worker": {"app": rt.settings.app.id,
+                   "url": str(rt.app.conf.canonical_url)}}
 
 
 @blueprint.route("/", name="index")
@@ -43,7 +42,4 @@ class IndexView(web.View):
 @blueprint.route("/api/v1/summary", name="summary")
 class SummaryView(web.View):
     async def get(self, request: web.Request) -> web.Response:
-        return self.json(summary())
-
-
-blueprint.register(app, url_prefix="")
+        return self.json(summary(runtime_of(self)))

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings, settings_for_env
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 
 
 def settings_for(env: dict[str, str]) -> Settings:

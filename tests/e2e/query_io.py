@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 
 from collector.config import Settings
-from collector.sources import UserProfile, UserRepository
+from collector.enrichment import UserProfile, UserRepository
 from tests.e2e.kafka_io import produce
 from tests.oracle import oracle
 

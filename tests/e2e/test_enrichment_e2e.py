@@ -37,9 +37,9 @@ from aiokafka.structs import ConsumerRecord
 
 from collector.config import Settings
 from collector.db import migrate
-from collector.sources import NEGATIVE_MARKER, UserProfile, UserRepository
-from collector.sources.kafka import client_kwargs
-from collector.sources.topics import ensure_topics
+from collector.enrichment import NEGATIVE_MARKER, UserProfile, UserRepository
+from collector.kafka.clients import client_kwargs
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
 from tests.e2e.workers import Worker, isolated_env
 from tests.integration.servers import MariaDBServer, RedisServer, binary

@@ -26,7 +26,7 @@ import pytest
 
 from collector.config import Settings
 from collector.db import connect
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.sinks_io import Ident, mysql_rows
 from tests.e2e.test_windows_e2e import seed_users
@@ -278,8 +278,8 @@ async def test_one_users_events_on_two_partitions_and_from_kcat_count_once(
     unkeyed, wrong, by_kcat = events[:thirds], events[thirds:2 * thirds], events[2 * thirds:]
     from aiokafka import AIOKafkaProducer
 
-    from collector.sources.kafka import client_kwargs
-    from collector.streams.processor import home_partition
+    from collector.engine.processor import home_partition
+    from collector.kafka.clients import client_kwargs
 
     producer = AIOKafkaProducer(**client_kwargs(s.settings))
     await producer.start()

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from collector.config import Settings
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.sinks_io import mysql_rows
 from tests.e2e.test_windows_robust import (

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.config import Settings
-from collector.sources.kafka import client_kwargs
-from collector.sources.topics import ensure_topics
+from collector.kafka.clients import client_kwargs
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import read_until, settings_for, topic_partitions
 from tests.e2e.workers import Worker, isolated_env
 from tests.private_kafka import private_broker

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from collector.config import Settings
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
 from tests.e2e.workers import Worker, isolated_env
 

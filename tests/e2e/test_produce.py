@@ -22,8 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector.config import Settings
-from collector.sources.generator import MALFORMED_KINDS
-from collector.sources.topics import ensure_topics
+from collector.devtools.generator import MALFORMED_KINDS
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
 from tests.e2e.workers import ROOT, Worker, isolated_env
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
 from tests.e2e.tools import get, wait_http
 from tests.e2e.workers import Worker, free_port, isolated_env

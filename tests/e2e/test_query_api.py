@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from collector.config import Settings
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
 from tests.e2e.query_io import (
     expected,

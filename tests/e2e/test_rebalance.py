@@ -1,7 +1,7 @@
 """A second worker joins mid-stream while the first one is busy.
 
 Through the stream (``kafka.direct_delivery=false``) this is the case the lean hand-off
-(``collector/transport/handoff.py``) must not break: with a 4-message stream buffer
+(``collector/adapters/transport.py``) must not break: with a 4-message stream buffer
 nearly every delivery waits for room, so the rebalance arrives while a delivery is
 blocked, and only ``wait_first`` against ``suspend_flow`` lets it through.  With direct
 delivery (the default) the rebalance arrives while a fetched batch is being processed

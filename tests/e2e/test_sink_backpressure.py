@@ -26,7 +26,7 @@ import pytest
 
 from collector.config import Settings
 from collector.db import migrate
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import settings_for
 from tests.e2e.test_windows_e2e import seed_users
 from tests.e2e.test_windows_robust import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.workers import Worker, isolated_env
 

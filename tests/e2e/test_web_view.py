@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.sources.topics import ensure_topics
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
 from tests.e2e.tools import ROOT, get, keep_artifact
 from tests.e2e.workers import Worker, isolated_env

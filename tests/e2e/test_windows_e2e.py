@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from collector.config import Settings
-from collector.sources import UserProfile, UserRepository
-from collector.sources.topics import ensure_topics
+from collector.enrichment import UserProfile, UserRepository
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.sinks_io import influx_create_db, influx_query, mysql_rows
 from tests.e2e.workers import Worker, isolated_env

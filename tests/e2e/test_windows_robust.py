@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaProducer
 
 from collector.config import Settings
 from collector.db import connect, migrate
-from collector.sources.kafka import client_kwargs
-from collector.sources.topics import ensure_topics
+from collector.kafka.clients import client_kwargs
+from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.sinks_io import Ident, influx_create_db, influx_query, mysql_rows
 from tests.e2e.test_windows_e2e import golden_input, seed_users, window_env

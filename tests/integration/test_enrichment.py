@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from collector.config.settings import MySQLSettings, RedisSettings, Settings
 from collector.db import connect, demo_users, load_migrations, migrate, seed_users
-from collector.sources import (
+from collector.enrichment import (
     NEGATIVE,
     UNKNOWN_PROFILE,
     CacheUnavailable,

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from collector.config import Settings
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 from tests.programs import ensure_program
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.streams.backpressure import Backpressure
+from collector.engine.backpressure import Backpressure
 
 P = {("raw.web", 0), ("raw.web", 1), ("raw.app", 0)}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from collector.transport.handoff import LeanHandoffConsumer
+from collector.adapters.transport import LeanHandoffConsumer
 
 
 class Message:

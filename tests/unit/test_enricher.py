@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.db.migrate import load_migrations, split_statements
-from collector.sources import (
+from collector.enrichment import (
     NEGATIVE,
     UNKNOWN_PROFILE,
     CacheUnavailable,

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from collector.config import SettingsError, load_settings
-from collector.streams.aggregator import Specs
-from collector.streams.processor import home_partition
-from collector.streams.windows import WindowSpec
+from collector.engine.aggregator import Specs
+from collector.engine.processor import home_partition
+from collector.engine.windows import WindowSpec
 from tests.unit.test_windows import T0, Clock, Loop, event, feed, oracle
 
 HOUR_MS = 3_600_000
@@ -166,9 +166,9 @@ async def test_a_late_event_replayed_after_a_crash_is_dead_lettered_again(
 async def test_merge_writes_a_correction_once_and_ignores_retired_windows(
     specs: Specs,
 ) -> None:
+    from collector.engine.merger import Merger
+    from collector.engine.state import DictState
     from collector.sinks import Row
-    from collector.streams.merger import Merger
-    from collector.streams.state import DictState
 
     rows: list[Row] = []
     merger = Merger(DictState(), specs, ["a|0"], add_rows=rows.extend,
@@ -199,9 +199,9 @@ async def test_merge_keeps_the_partial_that_absorbed_more_during_a_rebalance(
     """The old owner of a raw partition sent count 4 at offset 9; the new owner recovered
     a changelog one record behind and re-sends count 3 at offset 8 before its replay
     catches up.  The row must not move back to 3, then forward again."""
+    from collector.engine.merger import Merger
+    from collector.engine.state import DictState
     from collector.sinks import Row
-    from collector.streams.merger import Merger
-    from collector.streams.state import DictState
 
     rows: list[Row] = []
     merger = Merger(DictState(), specs, ["a|0", "b|0"], add_rows=rows.extend,

@@ -15,7 +15,7 @@ from typing import Any
 import mode
 import pytest
 
-from collector.transport.handoff import LeanHandoffConsumer, Resumed, start_delivery
+from collector.adapters.transport import LeanHandoffConsumer, Resumed, start_delivery
 
 
 async def test_unblocked_delivery_finishes_without_a_task() -> None:
@@ -131,9 +131,13 @@ async def test_a_blocked_delivery_is_interrupted_by_suspend_flow() -> None:
 
 
 def test_the_worker_transport_uses_the_lean_consumer() -> None:
-    from collector.transport import handoff
+    from faust.transport import by_url
 
-    assert handoff.Transport.Consumer is LeanHandoffConsumer
+    from collector.adapters import transport
+
+    assert transport.Transport.Consumer is LeanHandoffConsumer
+    # found through Faust's public extension point (the package's entry point)
+    assert by_url("collector://localhost:9092") is transport.Transport
 
 
 async def test_a_callback_returning_a_plain_awaitable_is_awaited_as_usual() -> None:

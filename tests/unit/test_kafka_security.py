@@ -1,8 +1,8 @@
 """Kafka TLS and SASL settings reach Faust's broker credentials and our aiokafka clients.
 
-The worker talks to the brokers through Faust (``collector.app.broker_credentials``, which
+The worker talks to the brokers through Faust (``collector.adapters.app.broker_credentials``, which
 Faust's aiokafka driver turns into client options); our own tools (``collector topics
-create``, the producer) through ``collector.sources.kafka.client_kwargs``.  Both must end
+create``, the producer) through ``collector.kafka.clients.client_kwargs``.  Both must end
 up with the same protocol, mechanism, user, password and a TLS context trusting the
 configured CA.  A throwaway CA is generated per test session (``cryptography`` if it is
 installed, else the ``openssl`` command).
@@ -22,9 +22,9 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol
 
-from collector.app import broker_credentials, faust_options
+from collector.adapters.app import broker_credentials, faust_options
 from collector.config import Settings, SettingsError, load_settings
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 
 CA_NAME = "collector-test-ca"
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
+from collector.adapters.consumer import consumer_offsets
+from collector.engine.delivery import TopicHealth
 from collector.observability import Metrics
 from collector.observability.health import Thresholds, readiness, sink_status
-from collector.observability.lag import LagTracker, Offsets, PartitionLag, consumer_offsets, lag_of
+from collector.observability.lag import LagTracker, Offsets, PartitionLag, lag_of
 from collector.observability.summary import RateHistory, Totals, build_summary, totals_of
 from collector.sinks import SinkHealth
-from collector.streams.delivery import TopicHealth
 
 
 class Clock:
@@ -191,10 +192,11 @@ def test_rates_need_an_older_sample_within_the_window() -> None:
 
 
 def test_root_is_the_web_view_not_fausts_placeholder() -> None:
-    import collector
-    from collector.web.server import Web
+    from collector.adapters.web import Web
+    from collector.config import load_settings
+    from collector.factory import create_app
 
-    web = collector.app.web
+    web = create_app(load_settings()).web
     assert isinstance(web, Web)
     assert not any("production_index" in str(bp) for _, bp in web._enabled_blueprints())
 
@@ -202,11 +204,12 @@ def test_root_is_the_web_view_not_fausts_placeholder() -> None:
 def test_faust_sensors_use_our_registry() -> None:
     from faust.sensors.prometheus import PrometheusMonitor
 
-    import collector
-    from collector.streams.runtime import runtime
+    from collector.config import load_settings
+    from collector.factory import create_app
 
-    assert isinstance(collector.app.monitor, PrometheusMonitor)
-    names = {m.name for m in runtime.registry.collect()}
+    app = create_app(load_settings())
+    assert isinstance(app.monitor, PrometheusMonitor)
+    names = {m.name for m in app.runtime.registry.collect()}
     assert "faust_messages_received" in names and "collector_events_consumed" in names
 
 
@@ -214,7 +217,7 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
     from faust.types import TP
 
-    from collector.observability.faust_sensors import CachedPrometheusMonitor
+    from collector.adapters.sensors import CachedPrometheusMonitor
 
     class Owner:
         pass

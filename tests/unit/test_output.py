@@ -12,7 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from collector.streams.output import Batches, KafkaOutput
+from collector.adapters.output import Batches, KafkaOutput
 
 
 class Recorder(KafkaOutput):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from collector.streams.windows import WindowSpec, new_segment, new_stats
+from collector.engine.windows import WindowSpec, new_segment, new_stats
 from collector.web import query_logic as ql
 from collector.web.openapi import openapi_document
 

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.engine.rejected import RejectedRows
 from collector.models import DEADLETTER_REASON_HEADER
 from collector.sinks import Row
-from collector.streams.rejected import RejectedRows
 
 
 def row(count: int = 1, *, revision: int = 0) -> Row:

@@ -18,15 +18,15 @@ import pytest
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-import collector.streams.aggregator as aggregator_module
+import collector.engine.aggregator as aggregator_module
+from collector.adapters.output import Batches, KafkaOutput
 from collector.config import load_settings
+from collector.engine.aggregator import Aggregator, Specs, user_key
+from collector.engine.processor import RawProcessor, RawRecord, home_partition
+from collector.engine.state import DictState
+from collector.enrichment import Outcome
+from collector.enrichment.users import UserProfile
 from collector.observability import Metrics
-from collector.sources import Outcome
-from collector.sources.users import UserProfile
-from collector.streams.aggregator import Aggregator, Specs, user_key
-from collector.streams.output import Batches, KafkaOutput
-from collector.streams.processor import RawProcessor, RawRecord, home_partition
-from collector.streams.state import DictState
 
 SETTINGS = load_settings()
 TOPIC = SETTINGS.kafka.raw_topic("web")

@@ -7,8 +7,7 @@ built-in page, is checked without anyone remembering to add it here.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import functools
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,24 +15,20 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from pydantic import SecretStr
 
-import collector
-from collector.app import AUTODISCOVER
+from collector.config import load_settings
+from collector.factory import create_app
 from collector.web.auth import PUBLIC_PATHS
 
 API, INGEST = "api-token-0123456789abcdef", "ingest-token-0123456789abcdef"
 
 
+@functools.cache
 def _built_web() -> Any:
-    for package in AUTODISCOVER:
-        pkg = importlib.import_module(package)
-        for module in pkgutil.walk_packages(pkg.__path__, package + "."):
-            importlib.import_module(module.name)
-    web = collector.app.web
-    if not getattr(web, "_routes_test_initialised", False):
-        web.init_server()
-        web._routes_test_initialised = True
+    """The web server of a worker app built by the factory, with both tokens set."""
+    app = create_app(load_settings(web={"api_token": API, "ingest_token": INGEST}))
+    web = app.web
+    web.init_server()
     return web
 
 
@@ -48,10 +43,7 @@ def routes() -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
-    web_settings = collector.app.collector_settings.web
-    monkeypatch.setattr(web_settings, "api_token", SecretStr(API))
-    monkeypatch.setattr(web_settings, "ingest_token", SecretStr(INGEST))
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
     async with TestClient(TestServer(_fresh_copy(_built_web().web_app))) as c:
         yield c
 

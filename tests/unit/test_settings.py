@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.app import broker_credentials, faust_options
+from collector.adapters.app import broker_credentials, faust_options
 from collector.config import SettingsError, load_settings
 from collector.config.docs import render
 

@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.streams.aggregator import Aggregator, Specs, user_key
-from collector.streams.processor import RawRecord
-from collector.streams.state import FaustState
-from collector.streams.windows import WindowSpec
+from collector.adapters.state import FaustState
+from collector.engine.aggregator import Aggregator, Specs, user_key
+from collector.engine.processor import RawRecord
+from collector.engine.windows import WindowSpec
 
 T0 = 1_700_000_040_000
 

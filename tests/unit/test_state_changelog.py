@@ -19,8 +19,8 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata
 from faust.types import TP
 
-from collector.streams.output import Batches, KafkaOutput
-from collector.streams.state import FaustState
+from collector.adapters.output import Batches, KafkaOutput
+from collector.adapters.state import FaustState
 
 SCHEMA = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 

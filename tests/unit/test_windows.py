@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from collector.sinks import Row
-from collector.streams.aggregator import Aggregator, Specs
-from collector.streams.flusher import Flusher
-from collector.streams.merger import Merger
-from collector.streams.processor import RawRecord
-from collector.streams.state import DictState
-from collector.streams.windows import (
+from collector.engine.aggregator import Aggregator, Specs
+from collector.engine.flusher import Flusher
+from collector.engine.merger import Merger
+from collector.engine.processor import RawRecord
+from collector.engine.state import DictState
+from collector.engine.windows import (
     USER_ACTIVITY,
     WindowSpec,
     add_activity,
@@ -25,6 +24,7 @@ from collector.streams.windows import (
     new_activity,
     row_values,
 )
+from collector.sinks import Row
 
 T0 = 1_700_000_040_000  # a minute boundary, in ms
 TOPICS = ["raw.web", "raw.mobile"]
@@ -376,7 +376,7 @@ async def test_old_windows_get_their_final_row_before_they_expire(specs: Specs) 
 
 
 def test_backlog_watch_flushes_once_after_a_drained_backlog() -> None:
-    from collector.streams.flusher import BacklogWatch
+    from collector.engine.flusher import BacklogWatch
 
     watch = BacklogWatch(1.0)
     # steady traffic: caught up after every batch, never early

@@ -19,8 +19,8 @@ import faust
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from collector.streams.delivery import ProduceHealth, until_delivered
-from collector.streams.processor import Headers
+from collector.engine.delivery import ProduceHealth, until_delivered
+from collector.engine.processor import Headers
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class KafkaOutput:
     A send that fails is retried with backoff rather than raised: an exception in a
     Faust agent acks the batch, which would lose it.  Blocking here is backpressure.
     The futures returned resolve only once the broker acked the record, producing it
-    again as often as it takes (:mod:`collector.streams.delivery`).
+    again as often as it takes (:mod:`collector.engine.delivery`).
     """
 
     def __init__(self, app: faust.App, max_backoff: float = 5.0,

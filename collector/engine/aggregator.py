@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.config import Settings
-from collector.streams.processor import RawRecord
-from collector.streams.state import State
-from collector.streams.windows import (
+from collector.engine.processor import RawRecord
+from collector.engine.state import State
+from collector.engine.windows import (
     EVENT_STATS,
     NEW,
     SEGMENT_STATS,

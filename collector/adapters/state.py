@@ -1,10 +1,10 @@
-"""Durable per-partition state behind a tiny interface.
+"""State over a Faust table, written with an explicit partition.
 
 Faust writes a table's store and changelog to the partition of the *current event*.
 In a ``take()`` batch that is the batch's last event, and in a timer there is none, so
-every write here names its partition explicitly: :class:`FaustState` sets the current
-event to a stand-in for that partition around each write.  :class:`DictState` is the
-same interface over a dict, for unit tests.
+:class:`FaustState` sets the current event (Faust's private ``_current_event``) to a
+stand-in for the partition around each write, and writes the store with its private
+``_set``/``_del`` when it sends the changelog itself.
 
 :class:`FaustState` also keeps the values it wrote (write-through): the aggregator reads
 each touched window back on the next batch, and a RocksDB read plus JSON decode cost
@@ -28,47 +28,6 @@ log = logging.getLogger(__name__)
 
 #: cached values per FaustState before the cache starts over (about 1 KB each)
 CACHE_MAX = 500_000
-
-
-class State(Protocol):
-    """Key-value state where every key lives in one partition."""
-
-    def get(self, partition: int, key: str) -> dict[str, Any] | None: ...
-
-    def set(self, partition: int, key: str, value: dict[str, Any]) -> None: ...
-
-    def delete(self, partition: int, key: str) -> None: ...
-
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
-
-    async def submit(self) -> list[Awaitable[Any]]:
-        """Send what was written since the last call to the changelog; the futures."""
-        ...
-
-
-class DictState:
-    """In-memory :class:`State` (keys are unique across partitions by construction)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
-        self.partitions: dict[str, int] = {}
-
-    def get(self, partition: int, key: str) -> dict[str, Any] | None:
-        return self.data.get(key)
-
-    def set(self, partition: int, key: str, value: dict[str, Any]) -> None:
-        self.data[key] = value
-        self.partitions[key] = partition
-
-    def delete(self, partition: int, key: str) -> None:
-        self.data.pop(key, None)
-        self.partitions.pop(key, None)
-
-    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        return iter(list(self.data.items()))
-
-    async def submit(self) -> list[Awaitable[Any]]:
-        return []
 
 
 class _Message:

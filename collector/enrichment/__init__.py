@@ -1,7 +1,7 @@
 """Enrichment sources: MySQL ``users`` (truth), Redis (cache), and the enricher over both."""
 
-from collector.sources.cache import NEGATIVE, NEGATIVE_MARKER, Negative, ProfileCache
-from collector.sources.enricher import (
+from collector.enrichment.cache import NEGATIVE, NEGATIVE_MARKER, Negative, ProfileCache
+from collector.enrichment.enricher import (
     CacheLike,
     Circuit,
     Enricher,
@@ -10,8 +10,8 @@ from collector.sources.enricher import (
     RepositoryLike,
     upsert_user,
 )
-from collector.sources.errors import CacheUnavailable, SourceError, SourceUnavailable
-from collector.sources.users import UNKNOWN_PROFILE, UserProfile, UserRepository, mysql_errors
+from collector.enrichment.errors import CacheUnavailable, SourceError, SourceUnavailable
+from collector.enrichment.users import UNKNOWN_PROFILE, UserProfile, UserRepository, mysql_errors
 
 __all__ = [
     "NEGATIVE",

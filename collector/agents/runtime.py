@@ -17,27 +17,26 @@ import mode
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from collector import app as _app
-from collector import settings as _settings
+from collector.adapters.consumer import committed_offsets, consumer_offsets
+from collector.adapters.output import KafkaOutput
+from collector.adapters.sensors import install_faust_sensors
+from collector.adapters.state import FaustState
+from collector.adapters.tables import Tables, set_changelog_buffer
 from collector.config import Settings
+from collector.engine.aggregator import Aggregator, Specs
+from collector.engine.backpressure import Backpressure
+from collector.engine.delivery import ProduceHealth
+from collector.engine.flusher import BacklogWatch, Flusher
+from collector.engine.merger import Merger
+from collector.engine.processor import RawProcessor
+from collector.engine.rejected import RejectedRows
+from collector.engine.sinkhub import SinkHub
+from collector.enrichment import Enricher, ProfileCache, UserRepository
 from collector.models import Reason
 from collector.observability import Metrics
-from collector.observability.faust_sensors import install_faust_sensors
-from collector.observability.lag import LagTracker, consumer_offsets
+from collector.observability.lag import LagTracker
 from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink
-from collector.sources import Enricher, ProfileCache, UserRepository
-from collector.streams.aggregator import Aggregator, Specs
-from collector.streams.backpressure import Backpressure
-from collector.streams.delivery import ProduceHealth
-from collector.streams.flusher import BacklogWatch, Flusher
-from collector.streams.merger import Merger
-from collector.streams.output import KafkaOutput
-from collector.streams.processor import RawProcessor
-from collector.streams.rejected import RejectedRows
-from collector.streams.sinkhub import SinkHub
-from collector.streams.state import FaustState
-from collector.streams.tables import merged_table, state_table
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,17 @@ class Runtime(mode.Service):
         self,
         app: faust.App,
         settings: Settings,
+        tables: Tables,
         registry: CollectorRegistry | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.settings = settings
+        self.tables = tables
+        #: the web views' services (collector.web.register sets them)
+        self.history: Any = None
+        self.ingest_producer: Any = None
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         if settings.web.faust_sensors:
@@ -80,7 +84,7 @@ class Runtime(mode.Service):
         kafka, windows = settings.kafka, settings.windows
         self.specs = Specs.from_settings(settings)
         changelog = self.output if kafka.bulk_changelog else None
-        self.window_state = FaustState(state_table, kafka.raw_topics[0], output=changelog)
+        self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog)
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
@@ -104,7 +108,7 @@ class Runtime(mode.Service):
             add_user_rows=self.sinks.add, caught_up=self.caught_up,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
-        self.merger_state = FaustState(merged_table, kafka.partials_topic, output=changelog)
+        self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog)
         self.merger = Merger(
             state=self.merger_state, specs=self.specs,
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
@@ -208,7 +212,7 @@ class Runtime(mode.Service):
             return False
         if highwater is None:
             return False
-        committed = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+        committed = committed_offsets(consumer).get(tp) or 0
         position = max(self.processor.next_offsets.get((topic, partition), 0), committed)
         return position >= int(highwater)
 
@@ -261,15 +265,10 @@ class Runtime(mode.Service):
         # record at a time (0.1 s waits) whenever it holds more than 100 records; one
         # batch of ours writes a record per touched key, hundreds, so every batch was
         # throttled and logged "producer buffer full".  Memory stays bounded by batches.
-        self.app.producer.buffer.max_messages = CHANGELOG_BUFFER_MAX
+        set_changelog_buffer(self.app, CHANGELOG_BUFFER_MAX)
 
     async def on_stop(self) -> None:
         await self.sinks.flush_once()
         await self.enricher.close()
         for sink in self.sinks.sinks:
             await sink.close()
-
-
-#: The worker's one Runtime, started and stopped with the app.
-runtime = Runtime(_app, _settings)
-_app.add_dependency(runtime)

@@ -4,7 +4,8 @@ Faust mounts ``{"status": "OK"}`` at ``/`` before the app's own pages (aiohttp a
 with the first route that matches, so our ``/`` would never be reached), and serves
 ``/router/`` and ``/table/`` with no authentication at all: the second dumps raw
 window state.  The query API covers what they offered, so none of them is mounted, and
-every route goes through :mod:`collector.web.auth`.
+every route goes through the app's ``web_middlewares`` (collector's auth, which
+:func:`collector.web.register` puts there).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
-
-from collector.web import auth
 
 
 class Web(AiohttpWeb):
@@ -24,4 +23,4 @@ class Web(AiohttpWeb):
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self.web_app.middlewares.append(auth.middleware(app.collector_settings.web))
+        self.web_app.middlewares.extend(app.web_middlewares)

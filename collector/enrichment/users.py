@@ -1,7 +1,7 @@
 """User profiles and the MySQL ``users`` repository (source of truth for enrichment).
 
 Driver errors are translated here, at the adapter boundary, into
-``collector.sources.errors``: whoever calls the repository only has to tell "try again
+``collector.enrichment.errors``: whoever calls the repository only has to tell "try again
 later" (``SourceUnavailable``) from "this will never work" (``SourceError``).
 """
 
@@ -20,7 +20,7 @@ import orjson
 import pymysql
 
 from collector.config.settings import MySQLSettings
-from collector.sources.errors import SourceError, SourceUnavailable
+from collector.enrichment.errors import SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from collector.config.settings import RedisSettings
-from collector.sources.errors import CacheUnavailable, SourceError
-from collector.sources.users import UserProfile
+from collector.enrichment.errors import CacheUnavailable, SourceError
+from collector.enrichment.users import UserProfile
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
+from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
+from collector.engine.state import State
+from collector.engine.windows import USER_ACTIVITY, row_values
 from collector.sinks import Row
-from collector.streams.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
-from collector.streams.state import State
-from collector.streams.windows import USER_ACTIVITY, row_values
 
 log = logging.getLogger(__name__)
 

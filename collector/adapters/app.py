@@ -1,8 +1,7 @@
-"""Builds the Faust app from settings; the leaf of the import graph.
+"""The Faust app class and its options from settings.
 
-This module imports nothing else of ``collector`` at run time (only for type checking),
-so agents, views and services can all ``from collector import app`` without cycles.
-Faust finds them through the explicit ``AUTODISCOVER`` list.
+:func:`collector.factory.create_app` builds one and registers agents and views on it
+explicitly (no autodiscovery): importing a collector module never builds an app.
 """
 
 from __future__ import annotations
@@ -14,17 +13,9 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 import faust
-from mode.utils.imports import symbol_by_name
 
 if TYPE_CHECKING:
     from collector.config import Settings
-
-#: Modules Faust imports when a worker starts (agents, timers, views, services).
-AUTODISCOVER = [
-    "collector.streams",
-    "collector.web",
-]
-
 
 class QuietWorker(faust.Worker):
     """A worker without the terminal spinner.
@@ -39,30 +30,31 @@ class QuietWorker(faust.Worker):
 
 
 class CollectorApp(faust.App):
-    """Faust's app, but a module that fails to import stops the worker.
+    """Faust's app with collector's consumer, web server and a bounded shutdown.
 
-    Faust only logs autodiscovery import errors and runs on without the agents of the
-    broken module: a worker that consumes nothing while looking healthy.
+    Agents and views are registered by the factory, not autodiscovered: Faust only logs
+    autodiscovery import errors and runs on without the broken module's agents.
     """
 
-    #: hand messages to streams without a wait_first per message (collector.transport)
+    #: hand messages to streams without a wait_first per message (collector.adapters)
     lean_handoff: bool = True
     #: bound on the producer flush at shutdown (Faust waits up to producer_request_timeout)
     shutdown_flush_timeout: float = 30.0
-    #: topic -> batch handler that bypasses the stream (collector.transport.handoff);
+    #: topic -> batch handler that bypasses the stream (collector.adapters.transport);
     #: an instance attribute, set in __init__
     direct_handlers: dict[str, Any]
     #: the settings the app was built from (the web server's auth reads them)
     collector_settings: Settings
     #: why the fetcher stopped consuming (it died, or a batch handler raised): /livez
     fetcher_failure: str | None = None
+    #: the per-worker runtime the agents and views share (collector.agents.runtime)
+    runtime: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direct_handlers = {}
-
-    def _on_autodiscovery_error(self, name: str) -> None:
-        raise RuntimeError(f"collector: importing {name!r} failed; refusing to start")
+        #: aiohttp middlewares of the web server (every route: collector.web.auth)
+        self.web_middlewares: list[Any] = []
 
     async def _producer_flush(self, logger: Any) -> None:
         """Flush at shutdown, but not forever: with the broker down Faust's flush waits
@@ -80,18 +72,6 @@ class CollectorApp(faust.App):
                          "exiting within %.0fs more; a restart reprocesses what was not "
                          "committed", timeout, timeout)
             asyncio.get_running_loop().call_later(timeout, _hard_exit, logger)
-
-    def _new_transport(self) -> Any:
-        # by name: app.py stays the leaf of collector's import graph
-        transport_cls: Any = symbol_by_name("collector.transport.handoff:Transport")
-        return transport_cls(self.conf.broker_consumer, self)
-
-    def _new_web(self) -> Any:
-        if self.conf.web.scheme == "aiohttp":
-            # by name, like the transport; frees "/" for collector's web view
-            web_cls: Any = symbol_by_name("collector.web.server:Web")
-            return web_cls(self)
-        return super()._new_web()
 
 
 def _hard_exit(logger: Any) -> None:
@@ -130,6 +110,9 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     store = "memory://" if app.store == "memory" else "rocksdb://"
     options: dict[str, Any] = {
         "broker": [f"kafka://{server}" for server in kafka.bootstrap_servers],
+        # entry points (pyproject.toml): collector's consumer and web server drivers
+        "broker_consumer": [f"collector://{server}" for server in kafka.bootstrap_servers],
+        "web": "collector://",
         "broker_credentials": broker_credentials(settings),
         "store": store,
         "datadir": str(app.datadir),
@@ -150,7 +133,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "canonical_url": f"http://{web.advertised_host}:{web.port}",
         "web_in_thread": False,
         "Worker": QuietWorker,
-        "autodiscover": AUTODISCOVER,
+        "autodiscover": False,
         "origin": "collector",
     }
     if app.instance_id:
@@ -158,8 +141,8 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def create_app(settings: Settings) -> faust.App:
-    """A configured, not yet started, Faust app."""
+def new_app(settings: Settings) -> CollectorApp:
+    """A configured Faust app with nothing registered on it yet."""
     app = CollectorApp(settings.app.id, **faust_options(settings))
     app.collector_settings = settings
     app.lean_handoff = settings.kafka.lean_handoff

@@ -22,11 +22,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.engine.aggregator import SEP, Specs
+from collector.engine.flusher import emit_final, to_row
+from collector.engine.state import State
+from collector.engine.windows import combine
 from collector.sinks import Row
-from collector.streams.aggregator import SEP, Specs
-from collector.streams.flusher import emit_final, to_row
-from collector.streams.state import State
-from collector.streams.windows import combine
 
 
 def merged_key(table: str, key: list[str], ws: int) -> str:

@@ -18,9 +18,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from collector.config.settings import Settings
-from collector.sources.cache import Negative, ProfileCache
-from collector.sources.errors import SourceError
-from collector.sources.users import UNKNOWN_PROFILE, UserProfile, UserRepository
+from collector.enrichment.cache import Negative, ProfileCache
+from collector.enrichment.errors import SourceError
+from collector.enrichment.users import UNKNOWN_PROFILE, UserProfile, UserRepository
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 dead-letter, enrich, forward.
 
 Kept free of Faust so it can be tested with plain lists; the agent in
-:mod:`collector.streams.raw` only adapts Faust events to :class:`RawRecord`.
+:mod:`collector.agents.raw` only adapts Faust events to :class:`RawRecord`.
 Every consumed message ends as valid events plus dead-letter records, never neither.
 """
 
@@ -20,6 +20,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from collector.config import Settings
+from collector.enrichment import Enricher, Outcome
 from collector.models import (
     DEADLETTER_REASON_HEADER,
     Limits,
@@ -30,10 +31,9 @@ from collector.models import (
     decode_message,
 )
 from collector.observability import Metrics
-from collector.sources import Enricher, Outcome
 
 if TYPE_CHECKING:
-    from collector.streams.aggregator import Aggregator, Late
+    from collector.engine.aggregator import Aggregator, Late
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class RawProcessor:
             outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
             valid_by_source[source] = valid_by_source.get(source, 0) + 1
             result.enriched.append((record, event))
-            if forward is not None:  # appended at once: see collector.streams.output
+            if forward is not None:  # appended at once: see collector.adapters.output
                 forward.add(event["user_id"].encode(), orjson.dumps(event))
         for source, count in valid_by_source.items():
             counts.add("valid", source, n=count)

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from collector.engine.windows import USER_ACTIVITY
 from collector.sinks import Row, Sink
-from collector.streams.windows import USER_ACTIVITY
 
 log = logging.getLogger(__name__)
 

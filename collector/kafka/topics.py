@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from collector.config import Settings
-from collector.sources.kafka import client_kwargs
+from collector.kafka.clients import client_kwargs
 
 log = logging.getLogger(__name__)
 

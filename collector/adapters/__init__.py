@@ -1,0 +1,1 @@
+"""Every reach into Faust's and aiokafka's internals, behind small interfaces (see pins.py)."""

@@ -1,0 +1,157 @@
+"""Every private name of Faust, mode and aiokafka that collector relies on, in one list.
+
+Each pin says where it is used and how to find it in the installed versions;
+``tests/unit/test_adapter_contract.py`` checks every one and fails naming the pin, so
+an upgrade that renames or reshapes one fails CI instead of a worker in production.
+Only modules of :mod:`collector.adapters` may use these names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: sha256 (first 16 hex) of Faust's ``Consumer._drain_messages`` source that
+#: ``LeanHandoffConsumer._drain_messages`` was copied from (faust-streaming 0.15.3)
+DRAIN_MESSAGES_SHA = "44a2500309e83c63"
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    used_by: str
+    #: returns normally when the name exists with the expected shape; raises otherwise
+    check: Callable[[], Any]
+
+
+def _faust_app() -> Any:
+    import faust
+
+    return faust.App("collector-pins", broker="kafka://127.0.0.1:1", autodiscover=False)
+
+
+def _has(obj: Any, *names: str) -> None:
+    for name in names:
+        if not hasattr(obj, name):
+            raise AttributeError(f"{obj!r} has no {name}")
+
+
+def _in_init(cls: type, attribute: str) -> None:
+    """An instance attribute that ``cls.__init__`` assigns."""
+    pattern = rf"self\.{attribute}\s*(:[^=\n]*)?="
+    if not re.search(pattern, inspect.getsource(cls.__init__)):  # type: ignore[misc]
+        raise AttributeError(f"{cls.__qualname__}.__init__ no longer sets {attribute}")
+
+
+def _current_event() -> None:
+    from contextvars import ContextVar
+
+    from faust.streams import _current_event as var
+
+    if not isinstance(var, ContextVar):
+        raise TypeError("faust.streams._current_event is not a ContextVar")
+
+
+def _store_set_del() -> None:
+    from faust.stores.rocksdb import Store
+
+    _has(Store, "_set", "_del")
+    params = list(inspect.signature(Store._set).parameters)
+    if params[:3] != ["self", "key", "value"]:
+        raise TypeError(f"rocksdb Store._set{params}")
+
+
+def _consumer_offsets() -> None:
+    _has(_faust_app().consumer, "_committed_offset", "_read_offset")
+
+
+def _drain_messages() -> None:
+    from faust.transport.consumer import Consumer
+
+    source = inspect.getsource(Consumer._drain_messages)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    if digest != DRAIN_MESSAGES_SHA:
+        raise AssertionError(
+            f"Faust's Consumer._drain_messages changed (sha {digest}): compare it with "
+            "LeanHandoffConsumer._drain_messages, port the change, update DRAIN_MESSAGES_SHA")
+
+
+def _consumer_internals() -> None:
+    consumer = _faust_app().consumer
+    _has(consumer, "_unacked_messages", "_on_message_in", "_commit_every", "_n_acked",
+         "_stopped", "ack", "getmany", "callback")
+    from faust.transport.consumer import CONSUMER_FETCHING
+
+    if CONSUMER_FETCHING != "FETCHING":
+        raise AssertionError(f"CONSUMER_FETCHING is {CONSUMER_FETCHING!r}")
+
+
+def _producer_internals() -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+
+    _has(_faust_app().producer, "_producer", "buffer")
+    _has(_faust_app().producer.buffer, "max_messages")
+    _in_init(AIOKafkaProducer, "_partitioner")
+    _in_init(AIOKafkaProducer, "_message_accumulator")
+    _in_init(MessageAccumulator, "_compression_type")
+
+
+def _wait_on_metadata() -> None:
+    from aiokafka.client import AIOKafkaClient
+
+    params = list(inspect.signature(AIOKafkaClient._wait_on_metadata).parameters)
+    if params != ["self", "topic"]:
+        raise TypeError(f"AIOKafkaClient._wait_on_metadata{params}")
+
+
+def _batch_build() -> None:
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
+    _has(BatchBuilder, "_build", "append", "close")
+
+
+def _producer_flush() -> None:
+    import faust
+
+    params = list(inspect.signature(faust.App._producer_flush).parameters)
+    if params != ["self", "logger"]:
+        raise TypeError(f"faust.App._producer_flush{params}")
+
+
+def _prometheus_clear() -> None:
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    _has(PrometheusMonitor, "_clear_partition_related_metrics")
+
+
+def _web_blueprints() -> None:
+    from faust.web.drivers.aiohttp import Web
+
+    _has(Web, "default_blueprints", "production_blueprints", "debug_blueprints",
+         "optional_blueprints")
+    _in_init(Web, "web_app")
+
+
+PINS: list[Pin] = [
+    Pin("faust.streams._current_event (ContextVar)", "adapters/state.py", _current_event),
+    Pin("faust rocksdb Store._set/_del(key, value)", "adapters/state.py", _store_set_del),
+    Pin("faust Consumer._committed_offset/_read_offset", "adapters/consumer.py",
+        _consumer_offsets),
+    Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
+    Pin("faust Consumer._unacked_messages/_on_message_in/_commit_every/_n_acked/_stopped",
+        "adapters/transport.py", _consumer_internals),
+    Pin("faust Producer._producer/.buffer.max_messages; AIOKafkaProducer._partitioner/"
+        "_message_accumulator._compression_type", "adapters/output.py, adapters/tables.py",
+        _producer_internals),
+    Pin("AIOKafkaClient._wait_on_metadata(topic)", "adapters/output.py", _wait_on_metadata),
+    Pin("aiokafka BatchBuilder._build", "adapters/output.py", _batch_build),
+    Pin("faust.App._producer_flush(logger)", "adapters/app.py", _producer_flush),
+    Pin("PrometheusMonitor._clear_partition_related_metrics", "adapters/sensors.py",
+        _prometheus_clear),
+    Pin("faust aiohttp Web blueprint lists and web_app", "adapters/web.py", _web_blueprints),
+]

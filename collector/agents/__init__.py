@@ -1,0 +1,1 @@
+"""The Faust agents, timers and the per-worker runtime they share."""

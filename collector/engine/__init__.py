@@ -1,0 +1,1 @@
+"""Faust-free stream logic: decide, fold, flush, merge; testable without a broker."""

@@ -1,0 +1,1 @@
+"""Kafka clients for our own tools (the worker goes through Faust) and topic admin."""

@@ -1,1 +1,0 @@
-"""Faust agents: validation, enrichment, aggregation."""

@@ -1,1 +1,0 @@
-"""Kafka transport adjustments for Faust (imports nothing else of collector)."""
