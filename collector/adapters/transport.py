@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode import Service
 
 
@@ -142,6 +143,27 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
             self._frozen_generation = None
             return False
         return True
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every assigned partition to its committed offset; one without a commit
+        to its beginning (``consumer_auto_offset_reset=earliest``).
+
+        Around a rebalance Faust drops records it has fetched but not handed over (flow
+        stopped, partition paused, generation changed; and a direct batch fetched before
+        the rebalance), and this seek (``perform_seek``) is what fetches them again.
+        aiokafka seeks only to a committed offset above 0, so a partition nobody had
+        committed yet (a rebalance in the group's first commit interval) kept its fetch
+        position past the dropped records, and they were never processed: measured,
+        ``event_stats`` rows final but short.  Replays from the beginning are skipped by
+        the offset guards, as when a new member starts.  Changelogs are left to recovery.
+        """
+        committed = await super().seek_to_committed()
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            acks = self.app.topics.acks_enabled_for
+            rewind = [tp for tp, offset in committed.items() if not offset and acks(tp.topic)]
+            if rewind:
+                await self._thread.seek_to_beginning(*rewind)
+        return committed
 
     def pause_later(self, pause: set[Any], resume: set[Any]) -> None:
         """Pause and resume partitions before the next fetch, never during one.
