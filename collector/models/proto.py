@@ -176,7 +176,7 @@ def decode_protobuf(
     if not envelope:
         decoded = decode_parsed(event_obj(parsed), key, source, limits, now_ms)
         return dataclasses.replace(decoded, content_type=content_type)
-    unknown = _unknown(parsed)
+    unknown = unknown_fields(parsed)
     if unknown and not limits.allow_unknown_fields:
         errors: list[ErrorItem] = [{"loc": name, "msg": "unknown field"} for name in unknown]
         return Decoded([], [Reject(Reason.SCHEMA_VIOLATION, errors)], content_type)
@@ -194,7 +194,8 @@ def _bytes(message: Any) -> bytes:
     return serialised
 
 
-def _unknown(message: Any) -> list[str]:
+def unknown_fields(message: Any) -> list[str]:
+    """``#<number>`` of each top-level field of ``message`` this version does not know."""
     return [f"#{field.field_number}" for field in UnknownFieldSet(message)]
 
 
@@ -231,7 +232,7 @@ def event_obj(event: Any) -> dict[str, Any]:
     if event.HasField("source"):
         obj["source"] = event.source
     if len(UnknownFieldSet(event)):
-        obj.update((name, True) for name in _unknown(event))
+        obj.update((name, True) for name in unknown_fields(event))
     return obj
 
 
@@ -252,6 +253,7 @@ __all__ = [
     "PROTOBUF_EVENT",
     "SCHEMA_HEADER",
     "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
     "MediaType",
     "declared_content_type",
     "decode_protobuf",
@@ -259,4 +261,5 @@ __all__ = [
     "event_obj",
     "parse_media_type",
     "read_headers",
+    "unknown_fields",
 ]
