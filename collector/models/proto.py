@@ -132,7 +132,7 @@ def decode_record(
         content_type, version = read_headers(headers)
     media: MediaType | str = default if content_type is None else _media(content_type)
     declared = media.content_type if isinstance(media, MediaType) else JSON_CONTENT_TYPE
-    if version is not None and version.decode("utf-8", "replace") not in SUPPORTED_VERSIONS:
+    if version is not None and version.decode("utf-8", "replace").strip() not in SUPPORTED_VERSIONS:
         shown = version.decode("utf-8", "replace")[:40]
         msg = f"collector-schema {shown!r} is not supported; supported: {SCHEMA_VERSION}"
         return _whole(Reason.UNSUPPORTED_VERSION, "headers.collector-schema", msg, declared)
@@ -158,15 +158,15 @@ def decode_protobuf(
 ) -> Decoded:
     """Parse a ``collector.v1.Event`` (or ``Envelope``) and validate it as JSON would be.
 
-    Never raises: bytes protobuf cannot parse (or an empty value) are
+    Never raises: bytes protobuf cannot parse (and a null value) are
     ``malformed_protobuf``; everything after parsing has JSON's outcomes.
     """
     content_type = ENVELOPE_CONTENT_TYPE if envelope else PROTOBUF_CONTENT_TYPE
     if value is not None and len(value) > limits.max_message_bytes:  # before any parsing
         msg = f"message is {len(value)} bytes, max {limits.max_message_bytes}"
         return _whole(Reason.TOO_LARGE, "", msg, content_type)
-    if not value:  # an empty Event parses, but says nothing: JSON treats it alike
-        return _whole(Reason.MALFORMED_PROTOBUF, "", "empty message", content_type)
+    if value is None:  # b"" is not: it is an Event (or Envelope) with no field set
+        return _whole(Reason.MALFORMED_PROTOBUF, "", "null value (tombstone)", content_type)
     module = pb2()
     try:
         parsed = (module.Envelope if envelope else module.Event).FromString(value)

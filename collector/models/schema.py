@@ -5,7 +5,8 @@ rules; its generated schema is completed here with what pydantic cannot derive f
 type hints (the ``ts`` forms and lower bound, the envelope, the version).  Rules that
 need the worker's clock or topic cannot be said in JSON Schema and are left to the
 worker: ``ts`` at most now + skew, calendar validity of an RFC 3339 date (February
-30th matches the pattern), and ``source`` equal to the topic's source.  The shipped
+30th matches the pattern), an integer ``ts`` written as an integer (to JSON Schema
+``1.7e12`` is one), and ``source`` equal to the topic's source.  The shipped
 copy is ``collector/schemas/event.v1.schema.json``; a test keeps it equal to this.
 """
 
@@ -36,7 +37,8 @@ def contract_schema(limits: Limits | None = None) -> dict[str, Any]:
     event["description"] = (
         "One event (docs/events.md). Not expressible here, checked by the worker: ts at "
         "most now + ingest.future_skew_seconds, a real calendar date in an RFC 3339 ts, "
-        "source equal to the raw topic's source."
+        "an integer ts written without fraction or exponent (JSON Schema counts 1.7e12 "
+        "as an integer), source equal to the raw topic's source."
     )
     props = event["properties"]
     props["ts"] = {
