@@ -128,6 +128,11 @@ def render(results: dict[str, Any]) -> str:
             [[lat.get("mode"), lat["offered_events_per_s"], lat["achieved_send_events_per_s"],
               lat["seconds"], lat["p50_s"], lat["p99_s"], lat["max_s"], lat["not_visible"],
               lat["flush_interval_s"]]]))
+    decode = results.get("decode")
+    if decode:
+        out.append("")
+        out.append(format_table(("decode (in process, best of runs)", "µs/event"),
+                                [[name, us] for name, us in decode["us_per_event"].items()]))
     scaling = results.get("scaling")
     if scaling:
         out.append("")

@@ -39,6 +39,7 @@ SCHEMA_HEADER: Final = "collector-schema"
 #: the contract version this code reads and writes
 SCHEMA_VERSION: Final = "1"
 SUPPORTED_VERSIONS: Final = frozenset({SCHEMA_VERSION})
+_CURRENT: Final = SCHEMA_VERSION.encode()
 EVENT_MESSAGE: Final = "collector.v1.Event"
 ENVELOPE_MESSAGE: Final = "collector.v1.Envelope"
 ENVELOPE_CONTENT_TYPE: Final = f"{PROTOBUF_CONTENT_TYPE}; messageType={ENVELOPE_MESSAGE}"
@@ -100,14 +101,17 @@ Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None]
 def read_headers(headers: Headers) -> tuple[bytes | None, bytes | None]:
     """``(content-type, collector-schema)`` values; names are case-insensitive, last wins."""
     content_type = version = None
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    items = headers if isinstance(headers, list | tuple) else _items(headers)
     for name, value in items:
-        lowered = name.lower()
-        if lowered == CONTENT_TYPE_HEADER:
+        if name == CONTENT_TYPE_HEADER or (len(name) == 12 and name.lower() == "content-type"):
             content_type = value
-        elif lowered == SCHEMA_HEADER:
+        elif name == SCHEMA_HEADER or (len(name) == 16 and name.lower() == SCHEMA_HEADER):
             version = value
     return content_type, version
+
+
+def _items(headers: Headers) -> Iterable[tuple[str, bytes | None]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
 
 
 def declared_content_type(headers: Headers | None, default: MediaType = JSON) -> str:
@@ -131,20 +135,20 @@ def decode_record(
     if headers:
         content_type, version = read_headers(headers)
     media: MediaType | str = default if content_type is None else _media(content_type)
-    declared = media.content_type if isinstance(media, MediaType) else JSON_CONTENT_TYPE
-    if version is not None and version.decode("utf-8", "replace").strip() not in SUPPORTED_VERSIONS:
+    if version is not None and version != _CURRENT and (
+            version.decode("utf-8", "replace").strip() not in SUPPORTED_VERSIONS):
         shown = version.decode("utf-8", "replace")[:40]
         msg = f"collector-schema {shown!r} is not supported; supported: {SCHEMA_VERSION}"
-        return _whole(Reason.UNSUPPORTED_VERSION, "headers.collector-schema", msg, declared)
+        return _whole(Reason.UNSUPPORTED_VERSION, "headers.collector-schema", msg)
     if isinstance(media, str):
-        return _whole(Reason.SCHEMA_VIOLATION, "headers.content-type", media, declared)
+        return _whole(Reason.SCHEMA_VIOLATION, "headers.content-type", media)
     if not media.protobuf:
         return decode_message(value, key, source, limits, now_ms)
     return decode_protobuf(value, key, source, limits, now_ms, envelope=media.envelope)
 
 
-def _whole(reason: Reason, loc: str, msg: str, content_type: str) -> Decoded:
-    return Decoded([], [Reject(reason, [{"loc": loc, "msg": msg}])], content_type)
+def _whole(reason: Reason, loc: str, msg: str) -> Decoded:
+    return Decoded([], [Reject(reason, [{"loc": loc, "msg": msg}])])
 
 
 def decode_protobuf(
@@ -161,32 +165,30 @@ def decode_protobuf(
     Never raises: bytes protobuf cannot parse (and a null value) are
     ``malformed_protobuf``; everything after parsing has JSON's outcomes.
     """
-    content_type = ENVELOPE_CONTENT_TYPE if envelope else PROTOBUF_CONTENT_TYPE
     if value is not None and len(value) > limits.max_message_bytes:  # before any parsing
         msg = f"message is {len(value)} bytes, max {limits.max_message_bytes}"
-        return _whole(Reason.TOO_LARGE, "", msg, content_type)
+        return _whole(Reason.TOO_LARGE, "", msg)
     if value is None:  # b"" is not: it is an Event (or Envelope) with no field set
-        return _whole(Reason.MALFORMED_PROTOBUF, "", "null value (tombstone)", content_type)
+        return _whole(Reason.MALFORMED_PROTOBUF, "", "null value (tombstone)")
     module = pb2()
     try:
         parsed = (module.Envelope if envelope else module.Event).FromString(value)
     except (DecodeError, RecursionError, MemoryError) as exc:
         msg = str(exc)[:_MAX_PARSE_MSG] or f"not a protobuf {EVENT_MESSAGE}"
-        return _whole(Reason.MALFORMED_PROTOBUF, "", msg, content_type)
+        return _whole(Reason.MALFORMED_PROTOBUF, "", msg)
     if not envelope:
-        decoded = decode_parsed(event_obj(parsed), key, source, limits, now_ms)
-        return dataclasses.replace(decoded, content_type=content_type)
+        return decode_parsed(event_obj(parsed), key, source, limits, now_ms)
     unknown = unknown_fields(parsed)
     if unknown and not limits.allow_unknown_fields:
         errors: list[ErrorItem] = [{"loc": name, "msg": "unknown field"} for name in unknown]
-        return Decoded([], [Reject(Reason.SCHEMA_VIOLATION, errors)], content_type)
+        return Decoded([], [Reject(Reason.SCHEMA_VIOLATION, errors)])
     events = parsed.events
     decoded = decode_parsed([event_obj(e) for e in events], key, source, limits, now_ms)
     rejects = [  # a rejected element is kept as its own serialised Event
         r if r.index is None else dataclasses.replace(r, element=_bytes(events[r.index]))
         for r in decoded.rejects
     ]
-    return Decoded(decoded.events, rejects, content_type)
+    return Decoded(decoded.events, rejects)
 
 
 def _bytes(message: Any) -> bytes:

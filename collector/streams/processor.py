@@ -214,7 +214,7 @@ class RawProcessor:
                 payload = dead_letter_record(
                     reject, source=source, topic=record.topic, partition=record.partition,
                     offset=record.offset, raw=record.value, received_at_ms=now_ms,
-                    content_type=decoded.content_type,
+                    content_type=declared_content_type(record.headers, default or JSON),
                 )
                 headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
                 outgoing.append((deadletter_topic, record.key, payload, headers, None))
