@@ -126,11 +126,19 @@ async def test_protobuf_and_json_events_end_up_in_the_same_rows(
     assert reports[0].offset is not None and reports[0].partition is not None
 
     envelope = pb.Envelope(events=[as_protobuf(pb, e) for e in the_events(h_user, t0)])
-    async with aiohttp.ClientSession() as http, http.post(
-        f"http://127.0.0.1:{worker.port}/api/v1/events/{source}",
-        data=envelope.SerializeToString(), headers={"Content-Type": ENVELOPE_TYPE},
-    ) as resp:
-        assert (resp.status, (await resp.json())["accepted"]) == (202, 3)
+    url = f"http://127.0.0.1:{worker.port}/api/v1/events/{source}"
+    async with aiohttp.ClientSession() as http:
+        for body, headers, status, says in [
+            (malformed, {"Content-Type": "application/x-protobuf"}, 400, "not a protobuf"),
+            (envelope.SerializeToString(), {"Content-Type": ENVELOPE_TYPE,
+                                            "Collector-Schema": "2"}, 400,
+             "unsupported_version"),
+            (envelope.SerializeToString(), {"Content-Type": ENVELOPE_TYPE}, 202, ""),
+        ]:
+            async with http.post(url, data=body, headers=headers) as resp:
+                answer = await resp.json()
+                assert resp.status == status and says in answer.get("error", ""), answer
+        assert answer["accepted"] == 3  # the last one: nothing of the refused two counted
 
     lo, hi = t0 - 60_000, t0 + 60_000
     keys = {"event_stats": tag, "user_activity": tag, "segment_stats": tag}
