@@ -158,15 +158,19 @@ class EventProducer:
             "max_request_size": max(1_048_576, self.limits.max_message_bytes * 2),
         }
         options.update(producer_options)
-        self._producer = AIOKafkaProducer(**client_kwargs(self.settings), **options)
+        self._options = {**client_kwargs(self.settings), **options}
+        self._producer: AIOKafkaProducer | None = None  # made in start(): it needs a loop
         self._pending: dict[str, list[bytes]] = {}
 
     async def start(self) -> None:
+        self._producer = AIOKafkaProducer(**self._options)
         await self._producer.start()
 
     async def stop(self) -> None:
         """Stop the producer; events added but not flushed are not sent."""
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def __aenter__(self) -> EventProducer:
         await self.start()
@@ -189,12 +193,15 @@ class EventProducer:
 
     async def flush(self) -> list[DeliveryReport]:
         """Produce everything buffered; one report per message, failures included."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("EventProducer.flush before start (use: async with …)")
         pending, self._pending = self._pending, {}
         sent: list[tuple[str, Message, asyncio.Future[Any] | BaseException]] = []
         for user_id, parts in pending.items():
             for message in pack_encoded(user_id, parts, self.encoding, self.limits):
                 try:
-                    future = await self._producer.send(
+                    future = await producer.send(
                         self.topic, message.value, key=message.key, headers=message.headers)
                 except Exception as exc:  # e.g. a message over the producer's size limit
                     sent.append((user_id, message, exc))

@@ -3,6 +3,7 @@ that the worker's decoder accepts (delivery itself: tests/e2e/test_protobuf.py).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -65,3 +66,37 @@ async def test_add_refuses_what_cannot_be_keyed_or_encoded() -> None:
         producer.add({**events(1)[0], "value": "1"})
     with pytest.raises(ValueError, match="unknown source"):
         EventProducer(Settings(), source="nope")
+    with pytest.raises(RuntimeError, match="before start"):
+        await producer.flush()
+
+
+class FlakyProducer:
+    """aiokafka's send() contract: a future per message; one user's delivery fails, one
+    user's send() raises at once (as aiokafka does for a message over its size limit)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    async def send(self, topic: str, value: bytes, key: bytes, headers: Any) -> Any:
+        if key == b"raises":
+            raise ValueError("too large for the producer")
+        future = asyncio.get_running_loop().create_future()
+        if key == b"fails":
+            future.set_exception(ConnectionError("broker went away"))
+        else:
+            self.offset += 1
+            future.set_result(type("Meta", (), {"partition": 0, "offset": self.offset})())
+        return future
+
+
+async def test_delivery_reports_match_their_messages_failures_included() -> None:
+    producer = EventProducer(Settings(), source="web")
+    producer._producer = FlakyProducer()  # type: ignore[assignment]
+    for user in ("ok1", "fails", "raises", "ok2"):
+        producer.add(events(1, user=user)[0])
+    reports = {r.user_id: r for r in await producer.flush()}
+    assert (reports["ok1"].offset, reports["ok2"].offset) == (1, 2)
+    assert isinstance(reports["fails"].error, ConnectionError)
+    assert isinstance(reports["raises"].error, ValueError)
+    assert reports["ok1"].error is None and reports["fails"].offset is None
+    assert await producer.flush() == []  # nothing buffered twice
