@@ -118,7 +118,8 @@ def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
 
 def render(results: dict[str, Any]) -> str:
     """The human report: throughput table, latency, scaling, targets."""
-    out = [format_table(THROUGHPUT_HEADERS, throughput_rows(results))]
+    rows = throughput_rows(results)
+    out = [format_table(THROUGHPUT_HEADERS, rows)] if rows or not results.get("decode") else []
     lat = results.get("latency")
     if lat:
         out.append("")
@@ -130,7 +131,7 @@ def render(results: dict[str, Any]) -> str:
               lat["flush_interval_s"]]]))
     decode = results.get("decode")
     if decode:
-        out.append("")
+        out.extend([""] if out else [])
         out.append(format_table(("decode (in process, best of runs)", "µs/event"),
                                 [[name, us] for name, us in decode["us_per_event"].items()]))
     scaling = results.get("scaling")
