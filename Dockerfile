@@ -44,6 +44,7 @@ COPY collector ./collector
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip install --no-deps /wheels/collector-*.whl \
  && python -c "import collector, collector.cli.main; from collector.db.migrate import load_migrations; assert load_migrations(), 'migrations missing from the wheel'" \
+ && python -c "from collector.models.protogen import pb2; pb2()" \
  && faust --version
 
 # --------------------------------------------------------------------------- runtime

@@ -118,7 +118,8 @@ def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
 
 def render(results: dict[str, Any]) -> str:
     """The human report: throughput table, latency, scaling, targets."""
-    out = [format_table(THROUGHPUT_HEADERS, throughput_rows(results))]
+    rows = throughput_rows(results)
+    out = [format_table(THROUGHPUT_HEADERS, rows)] if rows or not results.get("decode") else []
     lat = results.get("latency")
     if lat:
         out.append("")
@@ -128,6 +129,11 @@ def render(results: dict[str, Any]) -> str:
             [[lat.get("mode"), lat["offered_events_per_s"], lat["achieved_send_events_per_s"],
               lat["seconds"], lat["p50_s"], lat["p99_s"], lat["max_s"], lat["not_visible"],
               lat["flush_interval_s"]]]))
+    decode = results.get("decode")
+    if decode:
+        out.extend([""] if out else [])
+        out.append(format_table(("decode (in process, best of runs)", "µs/event"),
+                                [[name, us] for name, us in decode["us_per_event"].items()]))
     scaling = results.get("scaling")
     if scaling:
         out.append("")

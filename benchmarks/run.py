@@ -32,6 +32,7 @@ from benchmarks.common import (
     run_cli,
     settings_for,
 )
+from benchmarks.decode import run_decode
 from benchmarks.latency import run_latency
 from benchmarks.pipeline import (
     PipelineWorker,
@@ -69,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
+    p.add_argument("--decode-n", type=int, default=int(env.get("BENCH_DECODE_N", "50000")),
+                   help="events for the in-process decode cost, JSON against protobuf "
+                   "(the protobuf single mode; 0 skips it)")
+    p.add_argument("--decode-only", action="store_true",
+                   help="only the decode cost: no stack, no workers")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy the pipeline worker for up to SECONDS of its measurement")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -187,6 +193,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                    "scaling": args.scaling, "workdir": str(workdir)},
         "modes": {},
     }
+    if args.decode_n > 0:
+        log(f"decode: JSON against protobuf, {args.decode_n:,} events per shape")
+        results["decode"] = run_decode(args.decode_n, args.users)
+        log(f"decode: {results['decode']['us_per_event']}")
+    if args.decode_only:
+        results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        return results
     prepare_stack(args.users)
     results["params"]["partitions"] = settings_for({}).kafka.partitions
     modes = [m for m in args.modes.split(",") if m]
@@ -230,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     results = asyncio.run(main_async(args))
     results["wall_seconds"] = round(time.monotonic() - t0, 1)
+    if args.decode_only:  # a quick look: neither results/ nor the docs are rewritten
+        print(report.render(results))
+        return 0
     path = report.write_json(results)
     print()
     print(report.render(results))

@@ -53,7 +53,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
             records = [
                 RawRecord(
                     e.message.topic, e.message.partition, e.message.offset,
-                    e.message.key, e.message.value,
+                    e.message.key, e.message.value, e.message.headers,
                 )
                 for e in events
             ]

@@ -110,6 +110,31 @@ def _config_show(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _contract_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.models import Limits
+    from collector.models.schema import schema_text
+
+    text = schema_text(Limits.from_settings(settings.ingest))
+    if args.write:
+        Path(args.write).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _contract_proto(args: argparse.Namespace, _settings: Settings) -> int:
+    from collector.models.protogen import generate, proto_path
+
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {generate(out, pyi=True)}")
+    else:
+        print(proto_path().read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def _worker(args: argparse.Namespace, _settings: Settings) -> int:
     argv = ["faust", "-A", "collector", "worker", "-l", args.loglevel, *args.faust_args]
     os.execvp(argv[0], argv)
@@ -164,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("show", help="effective settings, secrets masked").set_defaults(
         func=_config_show
     )
+
+    contract = sub.add_parser("contract", help="the event contract for producers")
+    ksub = contract.add_subparsers(dest="contract_command", required=True)
+    schema = ksub.add_parser("schema", help="JSON Schema (2020-12) of a raw JSON message")
+    schema.add_argument("--write", default="", help="write to this path instead of stdout")
+    schema.set_defaults(func=_contract_schema)
+    proto = ksub.add_parser("proto", help="the shipped .proto, or its generated Python code")
+    proto.add_argument("--out", default="", help="generate Python code into this directory")
+    proto.set_defaults(func=_contract_proto)
 
     worker = sub.add_parser("worker", help="faust -A collector worker -l info")
     worker.add_argument("-l", "--loglevel", default="info")

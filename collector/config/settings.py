@@ -62,6 +62,11 @@ class KafkaSettings(_Section):
         description="Event sources; each has its raw topic <raw_topic_prefix><source>.",
     )
     raw_topic_prefix: str = Field(default="collect.raw.", description="Prefix of raw topics.")
+    protobuf_sources: CsvList = Field(
+        default=[],
+        description="Sources whose raw messages without a content-type header are "
+        "protobuf collector.v1.Event (the others: JSON); see docs/events.md.",
+    )
     enriched_topic: str = Field(default="collect.enriched", description="Enriched events.")
     deadletter_topic: str = Field(default="collect.deadletter", description="Dead letters.")
     users_topic: str = Field(default="collect.users", description="User profile updates.")
@@ -122,7 +127,7 @@ class KafkaSettings(_Section):
         "wait_first (4 tasks); a delivery that would block still waits interruptibly.",
     )
 
-    @field_validator("bootstrap_servers", "sources", mode="before")
+    @field_validator("bootstrap_servers", "sources", "protobuf_sources", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -156,6 +161,9 @@ class KafkaSettings(_Section):
                      self.partials_topic, *self.raw_topics):
             if not _TOPIC_RE.match(name):
                 raise ValueError(f"topic name {name!r} is not a valid Kafka topic name")
+        strangers = sorted(set(self.protobuf_sources) - set(self.sources))
+        if strangers:
+            raise ValueError(f"protobuf_sources {strangers} are not in sources")
         if self.heartbeat_interval >= self.session_timeout:
             raise ValueError("heartbeat_interval must be smaller than session_timeout")
         if self.security_protocol.startswith("SASL") and not self.sasl_username:

@@ -30,6 +30,13 @@ from collector.models import (
     dead_letter_record,
     decode_message,
 )
+from collector.models.proto import (
+    CONTENT_TYPE_HEADER,
+    JSON,
+    PROTOBUF_EVENT,
+    declared_content_type,
+    decode_record,
+)
 from collector.observability import Metrics
 
 if TYPE_CHECKING:
@@ -47,12 +54,16 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: ``(name, value)`` pairs as aiokafka gives them; they say content type and version
+    headers: Any = None
 
 
 Headers = list[tuple[str, bytes]]
 
 #: header on an event produced again to the partition its user_id maps to
 REROUTED_HEADER = "x-collector-rerouted-from"
+#: a rerouted event is its normalised JSON, whatever the source's default format
+_REROUTED_TYPE = (CONTENT_TYPE_HEADER, b"application/json")
 #: cached user_id -> home partition entries before the cache starts over
 HOME_CACHE_MAX = 200_000
 
@@ -152,6 +163,8 @@ class RawProcessor:
         self._reroute = settings.kafka.reroute_misrouted
         self._homes: dict[str, int] = {}
         self._poison_attempts = settings.kafka.poison_attempts
+        #: format of a message without content-type header, for sources not JSON by default
+        self._defaults = dict.fromkeys(settings.kafka.protobuf_sources, PROTOBUF_EVENT)
 
     def _home(self, user_id: str) -> int:
         home = self._homes.get(user_id)
@@ -181,7 +194,12 @@ class RawProcessor:
             if source is None:  # not ours: the agent subscribes raw topics only
                 log.warning("ignoring message from foreign topic %s", record.topic)
                 continue
-            decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
+            default = self._defaults.get(source)  # set for protobuf sources only
+            if record.headers or default is not None:
+                decoded = decode_record(record.value, record.key, record.headers, source,
+                                        self._limits, now_ms, default or JSON)
+            else:  # no header, JSON source: the JSON path as it always was
+                decoded = decode_message(record.value, record.key, source, self._limits, now_ms)
             counts.add("messages", source)
             count = len(decoded.events) + len(decoded.rejects)
             for event in decoded.events:
@@ -196,6 +214,7 @@ class RawProcessor:
                 payload = dead_letter_record(
                     reject, source=source, topic=record.topic, partition=record.partition,
                     offset=record.offset, raw=record.value, received_at_ms=now_ms,
+                    content_type=declared_content_type(record.headers, default or JSON),
                 )
                 headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
                 outgoing.append((deadletter_topic, record.key, payload, headers, None))
@@ -306,6 +325,7 @@ class RawProcessor:
         payload = dead_letter_record(
             reject, source=source, topic=record.topic, partition=record.partition,
             offset=record.offset, raw=record.value, received_at_ms=int(self._clock() * 1000),
+            content_type=declared_content_type(record.headers, self._defaults.get(source, JSON)),
         )
         headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
         await (await out.send(self._kafka.deadletter_topic, record.key, payload, headers))
@@ -324,7 +344,7 @@ class RawProcessor:
         user_id = event["user_id"]
         origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
         return (record.topic, user_id.encode(), orjson.dumps(event),
-                [(REROUTED_HEADER, origin)], self._home(user_id))
+                [(REROUTED_HEADER, origin), _REROUTED_TYPE], self._home(user_id))
 
     def _late_record(self, late: Late, now_ms: int, counts: Counts) -> Outgoing:
         record, event = late.record, late.event

@@ -25,6 +25,13 @@ class Reason(StrEnum):
     LATE = "late"
     SINK_REJECTED = "sink_rejected"
     INTERNAL_ERROR = "internal_error"
+    MALFORMED_PROTOBUF = "malformed_protobuf"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+#: media types of raw messages (Kafka header ``content-type``, HTTP ``Content-Type``)
+JSON_CONTENT_TYPE: Final = "application/json"
+PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
 
 
 class ErrorItem(TypedDict):

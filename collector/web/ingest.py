@@ -22,7 +22,10 @@ from collector.agents.runtime import Runtime
 from collector.config import Settings
 from collector.kafka.clients import client_kwargs
 from collector.models import Limits
+from collector.models.contract import JSON_CONTENT_TYPE
+from collector.models.proto import CONTENT_TYPE_HEADER
 from collector.web.ingest_logic import BodyError, IngestPlan, Planner, parse_body
+from collector.web.ingest_proto import body_format, check_version, parse_protobuf_body
 from collector.web.ops import runtime_of
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,8 @@ SEND_TIMEOUT = 5.0
 PLAN_CHUNK = 1000
 #: how long a request waits for a parsing slot before it is told to come back
 SLOT_WAIT_S = 2.0
+#: envelopes are JSON whatever the body was, and whatever the source's default format
+RAW_HEADERS = [(CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode())]
 
 
 class IngestProducer(mode.Service):
@@ -75,7 +80,7 @@ class IngestProducer(mode.Service):
         """Send and wait for every acknowledgement; raise on any failure."""
         producer = await self._get()
         futures = [
-            await producer.send(topic, value, key=user_id.encode())
+            await producer.send(topic, value, key=user_id.encode(), headers=RAW_HEADERS)
             for user_id, value in envelopes
         ]
         await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT + 1)
@@ -138,7 +143,13 @@ class IngestView(web.View):
             return self.json({"error": f"body larger than {limit} bytes"}, status=413)
         ingest = settings.ingest
         try:
-            items = parse_body(body, ingest.max_request_events)
+            check_version(request.headers.get("Collector-Schema"))
+            media = body_format(request.headers.get("Content-Type"))
+            if media.protobuf:
+                items = parse_protobuf_body(body, media, ingest.max_request_events,
+                                            ingest.allow_unknown_fields)
+            else:
+                items = parse_body(body, ingest.max_request_events)
         except BodyError as exc:
             return self.json({"error": str(exc)}, status=exc.status)
         del body

@@ -106,13 +106,18 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
                       "types_truncated": {"type": "boolean"},
                       "first_ts": _INT, "last_ts": _INT})),
         "/api/v1/events/{source}": {"post": {
-            "summary": "Ingest events (one object, an array, or NDJSON) onto a raw topic",
+            "summary": "Ingest events (one object, an array, NDJSON, or a protobuf "
+                       "collector.v1.Event or Envelope) onto a raw topic",
             "tags": ["ingest"],
             "parameters": [{"name": "source", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": list(sources)}}],
+                            "schema": {"type": "string", "enum": list(sources)}},
+                           {"name": "Collector-Schema", "in": "header", "required": False,
+                            "schema": {"type": "string", "enum": ["1"]}}],
             "security": [{"bearer": []}, {}],
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {}}, "application/x-ndjson": {"schema": {}}}},
+                "application/json": {"schema": {}}, "application/x-ndjson": {"schema": {}},
+                "application/x-protobuf": {"schema": {"type": "string",
+                                                      "format": "binary"}}}},
             "responses": {
                 "202": _json({"type": "object", "properties": {
                     "accepted": _INT, "rejected": {"type": "array", "items": {}},
@@ -120,7 +125,11 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
                     "rejected_by_reason": {"type": "object", "additionalProperties": _INT}}},
                     "The broker acknowledged every accepted event; `rejected` lists the "
                     "first ingest.max_echoed_rejects rejects, the counts cover all."),
-                "400": _json(_ERROR, "The body is not JSON."),
+                "400": _json(_ERROR, "The body is not JSON (or not the protobuf message "
+                                     "its Content-Type names), or Collector-Schema is not "
+                                     "a supported version (unsupported_version)."),
+                "415": _json(_ERROR, "A protobuf messageType other than collector.v1.Event "
+                                     "or collector.v1.Envelope."),
                 "401": _json(_ERROR, "web.ingest_token is set and the token is wrong."),
                 "404": _json(_ERROR, "Unknown source."),
                 "413": _json(_ERROR, "Body larger than web.max_body_bytes, or more events "

@@ -18,4 +18,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# protobuf classes are generated on first use (collector/models/protogen.py): once here,
+# so that a broken grpcio-tools/protobuf pair shows at install time, not in a worker
+"$VENV/bin/python" -c 'from collector.models.protogen import pb2; pb2()'
 echo "bootstrap: $("$VENV/bin/python" --version) in $VENV with collector installed"

@@ -277,4 +277,6 @@ def test_reason_values_are_stable() -> None:
         "late",
         "sink_rejected",
         "internal_error",
+        "malformed_protobuf",
+        "unsupported_version",
     ]

@@ -187,6 +187,7 @@ def test_dead_letter_record_schema() -> None:
         "index": None,
         "payload": raw.decode(),
         "payload_encoding": "utf-8",
+        "content_type": "application/json",
     }
     assert DEADLETTER_REASON_HEADER == "x-collector-reason"
 

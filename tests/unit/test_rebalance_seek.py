@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from collector.transport.handoff import LeanHandoffConsumer
+from collector.adapters.transport import LeanHandoffConsumer
 
 RAW = "t.raw.a"
 CHANGELOG = "t-collector-state-changelog"
