@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from collector.cli import deadletter
 from collector.config import Settings, load_settings_or_exit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("show", help="effective settings, secrets masked").set_defaults(
         func=_config_show
     )
+
+    deadletter.add_parser(sub)
 
     worker = sub.add_parser("worker", help="faust -A collector worker -l info")
     worker.add_argument("-l", "--loglevel", default="info")
