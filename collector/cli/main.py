@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector.cli import deadletter
+from collector.cli import deadletter, reprocess
 from collector.config import Settings, load_settings_or_exit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     deadletter.add_parser(sub)
+    reprocess.add_parser(sub)
 
     worker = sub.add_parser("worker", help="faust -A collector worker -l info")
     worker.add_argument("-l", "--loglevel", default="info")
