@@ -36,6 +36,10 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         super().on_setup_root_logger(logger, level)
+        settings = getattr(self.app, "collector_settings", None)
+        if settings is not None:  # by name, like the transport: app.py stays the leaf
+            symbol_by_name("collector.observability.logs:apply")(settings.app.log_format,
+                                                                 logger)
 
 
 class CollectorApp(faust.App):

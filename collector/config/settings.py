@@ -315,6 +315,11 @@ class AppSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Worker log lines: Faust's text, or one JSON object a line (time, "
+        "level, logger, message; topic/partition/offset where there is one).",
+    )
 
     @field_validator("id")
     @classmethod

@@ -30,6 +30,7 @@ from collector.models import (
     decode_message,
 )
 from collector.observability import Metrics
+from collector.observability.logs import where
 from collector.sources import Enricher, Outcome
 
 if TYPE_CHECKING:
@@ -278,10 +279,12 @@ class RawProcessor:
                 failures.append(exc)
                 log.exception("record %s[%d]@%d failed (attempt %d of %d)", record.topic,
                               record.partition, record.offset, len(failures),
-                              self._poison_attempts)
+                              self._poison_attempts,
+                              extra=where(record.topic, record.partition, record.offset))
         if self.aggregator is not None and self.aggregator.absorbed(record):
             log.error("record %s[%d]@%d failed after its events were counted: not "
-                      "dead-lettered", record.topic, record.partition, record.offset)
+                      "dead-lettered", record.topic, record.partition, record.offset,
+                      extra=where(record.topic, record.partition, record.offset))
             return BatchResult()
         return await self._dead_letter_internal(record, failures[-1], out)
 
