@@ -40,9 +40,11 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.cli.progress import progress_bar
     from collector.db.seed import seed_users
 
-    count = asyncio.run(seed_users(settings, args.users, seed=args.seed))
+    with progress_bar("seeding users") as report:
+        count = asyncio.run(seed_users(settings, args.users, seed=args.seed, progress=report))
     print(f"seeded {count} demo users")
     return 0
 
@@ -57,6 +59,7 @@ def _topics(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from collector.cli.produce import produce
+    from collector.cli.progress import progress_bar
     from collector.sources.generator import DEFAULT_TYPES, GeneratorConfig
 
     types = tuple(t for t in args.types.split(",") if t) if args.types else DEFAULT_TYPES
@@ -70,7 +73,8 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         max_message_bytes=settings.ingest.max_message_bytes,
     )
-    summary = asyncio.run(produce(settings, config, rate=args.rate))
+    with progress_bar("producing events", show=not args.json) as report:
+        summary = asyncio.run(produce(settings, config, rate=args.rate, progress=report))
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -13,11 +14,18 @@ from collector.sources.generator import Generator, GeneratorConfig
 from collector.sources.kafka import client_kwargs
 from collector.sources.topics import ensure_topics
 
+#: report progress after this many events (a bar redraw is far dearer than a send)
+PROGRESS_EVERY = 500
+
 
 async def produce(
-    settings: Settings, config: GeneratorConfig, rate: float = 0.0, linger_ms: int = 5
+    settings: Settings, config: GeneratorConfig, rate: float = 0.0, linger_ms: int = 5,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Send every generated message, paced to ``rate`` events/s when > 0; return a summary."""
+    """Send every generated message, paced to ``rate`` events/s when > 0; return a summary.
+
+    ``progress(events sent, events in all)`` is called every ``PROGRESS_EVERY`` events.
+    """
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
         **client_kwargs(settings),
@@ -28,13 +36,16 @@ async def produce(
     await producer.start()
     generator = Generator(config)
     started = time.perf_counter()
-    slots = 0
+    slots = reported = 0
     pending: list[asyncio.Future[Any]] = []
     try:
         for message in generator:
             topic = settings.kafka.raw_topic(message.source)
             pending.append(await producer.send(topic, message.value, key=message.key))
             slots += message.slots
+            if progress is not None and slots - reported >= PROGRESS_EVERY:
+                progress(slots, config.events)
+                reported = slots
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -43,6 +54,8 @@ async def produce(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await asyncio.gather(*pending)
+        if progress is not None:
+            progress(slots, config.events)
     finally:
         await producer.stop()
     elapsed = time.perf_counter() - started
