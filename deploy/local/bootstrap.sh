@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the project venv and install collector with its dev extra.
+# Create the project venv and install collector with its dev extra, pinned by requirements.lock.
 # On a bare Debian, python3 has no venv module until python3-venv is installed.
 set -euo pipefail
 PY=${1:-python3}
@@ -17,5 +17,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+# Exact versions with hashes from requirements.lock ('make lock' refreshes it), so two
+# installs a month apart get the same packages; then collector itself, without deps.
+"$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
+"$VENV/bin/python" -m pip install -q --no-deps -e .
 echo "bootstrap: $("$VENV/bin/python" --version) in $VENV with collector installed"
