@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 lock:
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q 'uv>=0.5,<1'
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra tracing --universal --python-version 3.11 \
 	  --generate-hashes --no-header --quiet -o requirements.lock $(LOCK_ARGS)
 
 ## make run: venv, stack up, migrate, seed, topics, demo producer + worker (Ctrl-C stops both)

@@ -40,6 +40,7 @@ class QuietWorker(faust.Worker):
         if settings is not None:  # by name, like the transport: app.py stays the leaf
             symbol_by_name("collector.observability.logs:apply")(settings.app.log_format,
                                                                  logger)
+            symbol_by_name("collector.observability.tracing:setup")(settings)
 
 
 class CollectorApp(faust.App):

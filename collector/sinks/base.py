@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypedDict
 
-from collector.observability import Metrics
+from collector.observability import Metrics, tracing
 from collector.sinks.rows import Ident, Row
 
 log = logging.getLogger(__name__)
@@ -256,8 +256,11 @@ class Sink(ABC):
         """
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.write_timeout):
-                return await self.write(batch)
+            with tracing.span("collector.sink.write", {"collector.sink": self.name,
+                                                       "collector.rows": len(batch)},
+                              kind="CLIENT", links=tracing.links_for(self.name)):
+                async with asyncio.timeout(self.write_timeout):
+                    return await self.write(batch)
         except (SinkUnavailable, BatchRejected):
             raise
         except TimeoutError as exc:

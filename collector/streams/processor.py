@@ -29,7 +29,7 @@ from collector.models import (
     dead_letter_record,
     decode_message,
 )
-from collector.observability import Metrics
+from collector.observability import Metrics, tracing
 from collector.observability.logs import where
 from collector.sources import Enricher, Outcome
 
@@ -48,6 +48,8 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: Kafka headers (a W3C traceparent starts a process span: app.tracing)
+    headers: Any = None
 
 
 Headers = list[tuple[str, bytes]]
@@ -250,6 +252,10 @@ class RawProcessor:
         """
         if self.aggregator is not None:
             self.aggregator.forget_folded()
+        with tracing.process_spans(records):
+            return await self._process_safely(records, out)
+
+    async def _process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         try:
             result = await self.process(records, out)
             self._count(len(records), result)

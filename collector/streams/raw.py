@@ -70,7 +70,7 @@ async def process_raw(stream: faust.StreamT[bytes]) -> None:
         records = [
             RawRecord(
                 e.message.topic, e.message.partition, e.message.offset,
-                e.message.key, e.message.value,
+                e.message.key, e.message.value, e.message.headers,
             )
             for e in events
         ]

@@ -20,6 +20,7 @@ from faust import web
 
 from collector import app, settings
 from collector.models import Limits
+from collector.observability import tracing
 from collector.sources.kafka import client_kwargs
 from collector.streams.runtime import runtime
 from collector.web.ingest_logic import BodyError, IngestPlan, Planner, parse_body
@@ -66,10 +67,13 @@ class IngestProducer(mode.Service):
             return self._producer
 
     async def send_all(self, topic: str, envelopes: list[tuple[str, bytes]]) -> None:
-        """Send and wait for every acknowledgement; raise on any failure."""
+        """Send and wait for every acknowledgement; raise on any failure.
+
+        With ``app.tracing`` each record carries the ingest span's ``traceparent``."""
         producer = await self._get()
+        headers = tracing.inject()
         futures = [
-            await producer.send(topic, value, key=user_id.encode())
+            await producer.send(topic, value, key=user_id.encode(), headers=headers)
             for user_id, value in envelopes
         ]
         await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT + 1)
@@ -122,7 +126,11 @@ class IngestView(web.View):
         finally:
             _slots.release()
         if isinstance(plan, IngestPlan):
-            return await self._produce(source, plan)
+            with tracing.span("collector.ingest", {"collector.source": source,
+                                                   "collector.accepted": plan.accepted,
+                                                   "collector.rejected": plan.rejected_total},
+                              parent=tracing.extract(request.headers), kind="SERVER"):
+                return await self._produce(source, plan)
         return plan
 
     async def _plan(self, request: web.Request, source: str) -> IngestPlan | web.Response:
