@@ -105,6 +105,7 @@ async def test_replay_brings_fixed_dead_letters_in_exactly_once(
     assert dry["dry_run"] and dry["replayed"] == BROKEN and dry["matched"] == BROKEN
     assert json.loads(dry["samples"][0]["send"])["value"] == 2.5
     first = cli(env, "replay", *selection)
+    print(f"\n[replay] {json.dumps(first)}", flush=True)
     assert first["replayed"] == BROKEN and not first["skipped"], first
     assert first["by_topic"] == {topic: BROKEN}
     await until(lambda: counted((VALID + BROKEN, VALID + BROKEN * 2.5)), 60,
