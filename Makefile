@@ -7,13 +7,21 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_USERS ?= 1000
 DEMO_RATE ?= 200
 
-.PHONY: run test lint down status bench venv unit clean-state
+.PHONY: run test lint down status bench venv unit clean-state lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@bash deploy/local/bootstrap.sh "$(PY)" "$(VENV)"
 	@touch $(STAMP)
+
+## make lock: refresh requirements.lock after a dependency change in pyproject.toml
+## (keeps every other pin); LOCK_ARGS=--upgrade moves everything to the newest allowed
+lock:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q 'uv>=0.5,<1'
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra tracing --universal --python-version 3.11 \
+	  --generate-hashes --no-header --quiet -o requirements.lock $(LOCK_ARGS)
 
 ## make run: venv, stack up, migrate, seed, topics, demo producer + worker (Ctrl-C stops both)
 run: $(STAMP)

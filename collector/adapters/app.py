@@ -27,6 +27,12 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         super().on_setup_root_logger(logger, level)
+        settings = getattr(self.app, "collector_settings", None)
+        if settings is not None:
+            from collector.observability import logs, tracing
+
+            logs.apply(settings.app.log_format, logger)
+            tracing.setup(settings)
 
 
 class CollectorApp(faust.App):

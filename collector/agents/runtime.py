@@ -88,8 +88,10 @@ class Runtime(mode.Service):
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
-        self.mysql_sink = MySQLSink(settings.mysql, metrics=self.metrics)
-        self.influx_sink = InfluxSink(settings.influx, metrics=self.metrics)
+        since = settings.sinks.write_windows_from_ms  # collector reprocess
+        self.mysql_sink = MySQLSink(settings.mysql, metrics=self.metrics, windows_from_ms=since)
+        self.influx_sink = InfluxSink(settings.influx, metrics=self.metrics,
+                                      windows_from_ms=since)
         self.sinks = SinkHub([self.mysql_sink, self.influx_sink],
                              interval=windows.flush_interval_seconds)
         self.rejected = RejectedRows(

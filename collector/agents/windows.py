@@ -14,6 +14,7 @@ import faust
 import orjson
 
 from collector.agents.runtime import Runtime
+from collector.observability.logs import where
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
                     runtime.merger.apply(message.partition, record)
                 except Exception:  # our own records: a bad one is a bug, never a reason to stop
                     log.exception("bad partial at %s[%d]@%d", message.topic,
-                                  message.partition, message.offset)
+                                  message.partition, message.offset,
+                                  extra=where(message.topic, message.partition,
+                                              message.offset))
             try:
                 runtime.merge_tick()
             except Exception:
@@ -88,4 +91,6 @@ def progress_line(runtime: Runtime) -> None:
         "progress: %d events consumed (%.0f/s), %d valid, %d dead-lettered; "
         "%.0f messages per batch; sinks: %s",
         totals["consumed"], rate, totals["valid"], totals["dead_lettered"], per_batch, sinks,
+        extra={"fields": {"progress": {**totals, "events_per_s": round(rate, 1),
+                                       "messages_per_batch": round(per_batch, 1)}}},
     )

@@ -12,10 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from collector.cli import deadletter, reprocess
 from collector.config import Settings, load_settings_or_exit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = PROJECT_ROOT / "deploy" / "local" / "stack.py"
+
+DESCRIPTION = """collector's own tools beside Faust's CLI (faust -A collector worker): the local
+stack, the database, topics, demo events, user profiles, settings, dead letters and
+reprocessing. Settings come from COLLECTOR_* variables and the INI file named by
+COLLECTOR_CONFIG (see docs/configuration.md)."""
 
 
 def _stack(args: argparse.Namespace, _settings: Settings) -> int:
@@ -39,9 +45,11 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.cli.progress import progress_bar
     from collector.db.seed import seed_users
 
-    count = asyncio.run(seed_users(settings, args.users, seed=args.seed))
+    with progress_bar("seeding users") as report:
+        count = asyncio.run(seed_users(settings, args.users, seed=args.seed, progress=report))
     print(f"seeded {count} demo users")
     return 0
 
@@ -56,6 +64,7 @@ def _topics(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from collector.cli.produce import produce
+    from collector.cli.progress import progress_bar
     from collector.devtools.generator import DEFAULT_TYPES, GeneratorConfig
 
     types = tuple(t for t in args.types.split(",") if t) if args.types else DEFAULT_TYPES
@@ -69,7 +78,9 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         max_message_bytes=settings.ingest.max_message_bytes,
     )
-    summary = asyncio.run(produce(settings, config, rate=args.rate))
+    with progress_bar("producing events", show=not args.json) as report:
+        summary = asyncio.run(produce(settings, config, rate=args.rate, progress=report,
+                                      report_every=args.report_every))
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 
@@ -141,44 +152,60 @@ def _worker(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="collector", description=__doc__)
+    parser = argparse.ArgumentParser(prog="collector", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="local service stack (Kafka, Redis, MariaDB, InfluxDB)")
-    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("action", choices=["up", "down", "status"],
+                       help="start (or reuse), stop, or show the services")
     stack.set_defaults(func=_stack)
 
     db = sub.add_parser("db", help="database schema and demo data")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=_migrate)
     seed = dbsub.add_parser("seed", help="upsert deterministic demo users u00000…")
-    seed.add_argument("--users", type=int, default=1000)
-    seed.add_argument("--seed", type=int, default=7)
+    seed.add_argument("--users", type=int, default=1000,
+                      help="how many users, u00000 upwards (default 1000)")
+    seed.add_argument("--seed", type=int, default=7,
+                      help="random seed of segments, countries and plans (default 7)")
     seed.set_defaults(func=_seed)
 
     topics = sub.add_parser("topics", help="create collector's topics")
-    topics.add_argument("action", choices=["create"])
+    topics.add_argument("action", choices=["create"],
+                        help="create the missing topics with kafka.partitions partitions")
     topics.set_defaults(func=_topics)
 
     prod = sub.add_parser("produce", help="write seeded synthetic events to the raw topics")
-    prod.add_argument("--events", "-n", type=int, default=1000)
+    prod.add_argument("--events", "-n", type=int, default=1000,
+                      help="events to write (default 1000)")
     prod.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
-    prod.add_argument("--users", type=int, default=1000)
-    prod.add_argument("--types", default="", help="comma-separated event types")
+    prod.add_argument("--users", type=int, default=1000,
+                      help="user ids u00000 … to draw from; match `db seed --users` "
+                      "(default 1000)")
+    prod.add_argument("--types", default="",
+                      help="comma-separated event types (default: page_view, click, "
+                      "purchase, sensor, search, add_to_cart)")
     prod.add_argument("--type-count", type=int, default=0, help="use the first K types")
-    prod.add_argument("--malformed", type=float, default=0.0, help="share of malformed events")
+    prod.add_argument("--malformed", type=float, default=0.0,
+                      help="share of malformed events, 0 to 1; each is dead-lettered with "
+                      "a known reason (default 0)")
     prod.add_argument("--batch", type=int, default=1, help="events per envelope (1: none)")
-    prod.add_argument("--seed", type=int, default=42)
-    prod.add_argument("--json", action="store_true", help="one-line JSON summary")
+    prod.add_argument("--seed", type=int, default=42,
+                      help="random seed: the same seed writes the same events (default 42)")
+    prod.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
+                      help="also print a JSON progress line to stdout this often (for "
+                      "logs, where no bar is drawn; default 0: never)")
+    prod.add_argument("--json", action="store_true",
+                      help="one-line JSON summary (and no progress bar)")
     prod.set_defaults(func=_produce)
 
     users = sub.add_parser("users", help="user profiles")
     usub = users.add_subparsers(dest="users_command", required=True)
     up = usub.add_parser("upsert", help="write a profile to MySQL, then invalidate the cache")
-    up.add_argument("--user-id", required=True)
-    up.add_argument("--segment", required=True)
-    up.add_argument("--country", required=True)
-    up.add_argument("--plan", required=True)
+    up.add_argument("--user-id", required=True, help="the user's id, e.g. u00042")
+    up.add_argument("--segment", required=True, help="segment, e.g. consumer")
+    up.add_argument("--country", required=True, help="country code, e.g. DE")
+    up.add_argument("--plan", required=True, help="plan, e.g. pro")
     up.set_defaults(func=_users_upsert)
 
     config = sub.add_parser("config", help="inspect settings")
@@ -199,9 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--out", default="", help="generate Python code into this directory")
     proto.set_defaults(func=_contract_proto)
 
+    deadletter.add_parser(sub)
+    reprocess.add_parser(sub)
+
     worker = sub.add_parser("worker", help="faust -A collector worker -l info")
-    worker.add_argument("-l", "--loglevel", default="info")
-    worker.add_argument("faust_args", nargs=argparse.REMAINDER)
+    worker.add_argument("-l", "--loglevel", default="info",
+                        help="log level: debug, info, warning, error (default info)")
+    worker.add_argument("faust_args", nargs=argparse.REMAINDER,
+                        help="passed on to faust's worker command")
     worker.set_defaults(func=_worker)
     return parser
 

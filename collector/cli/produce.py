@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -13,11 +16,20 @@ from collector.devtools.generator import Generator, GeneratorConfig
 from collector.kafka.clients import client_kwargs
 from collector.kafka.topics import ensure_topics
 
+#: report progress after this many events (a bar redraw is far dearer than a send)
+PROGRESS_EVERY = 500
+
 
 async def produce(
-    settings: Settings, config: GeneratorConfig, rate: float = 0.0, linger_ms: int = 5
+    settings: Settings, config: GeneratorConfig, rate: float = 0.0, linger_ms: int = 5,
+    progress: Callable[[int, int], None] | None = None, report_every: float = 0.0,
 ) -> dict[str, Any]:
-    """Send every generated message, paced to ``rate`` events/s when > 0; return a summary."""
+    """Send every generated message, paced to ``rate`` events/s when > 0; return a summary.
+
+    ``progress(events sent, events in all)`` is called every ``PROGRESS_EVERY`` events.
+    With ``report_every`` > 0 a JSON line goes to stdout that often (s): a producer
+    that runs for hours into a log file (the demo's) shows that it works.
+    """
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
         **client_kwargs(settings),
@@ -28,13 +40,20 @@ async def produce(
     await producer.start()
     generator = Generator(config)
     started = time.perf_counter()
-    slots = 0
+    slots = reported = 0
+    next_report = started + report_every if report_every > 0 else float("inf")
     pending: list[asyncio.Future[Any]] = []
     try:
         for message in generator:
             topic = settings.kafka.raw_topic(message.source)
             pending.append(await producer.send(topic, message.value, key=message.key))
             slots += message.slots
+            if progress is not None and slots - reported >= PROGRESS_EVERY:
+                progress(slots, config.events)
+                reported = slots
+            if time.perf_counter() >= next_report:
+                _report(generator, started)
+                next_report += report_every
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -43,6 +62,8 @@ async def produce(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await asyncio.gather(*pending)
+        if progress is not None:
+            progress(slots, config.events)
     finally:
         await producer.stop()
     elapsed = time.perf_counter() - started
@@ -53,3 +74,12 @@ async def produce(
         "dead_lettered": dict(generator.expected.dead_letters),
     }
     return summary
+
+
+def _report(generator: Generator, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    expected = generator.expected
+    line = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "events": expected.events,
+            "valid": expected.valid, "dead_lettered": sum(expected.dead_letters.values()),
+            "events_per_second": round(expected.events / elapsed, 1) if elapsed else 0.0}
+    print(json.dumps(line), flush=True)

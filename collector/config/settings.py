@@ -323,6 +323,31 @@ class AppSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
+    tracing: bool = Field(
+        default=False,
+        description="OpenTelemetry tracing: spans for ingest, processing (from a W3C "
+        "traceparent Kafka header) and sink writes, sent over OTLP/HTTP.",
+    )
+    tracing_endpoint: str = Field(
+        default="http://127.0.0.1:4318/v1/traces",
+        description="OTLP/HTTP traces endpoint (a collector, Tempo, Jaeger).",
+    )
+    tracing_headers: SecretStr = Field(
+        default=SecretStr(""),
+        description="Headers for the OTLP endpoint, key=value,key2=value2 (e.g. an API key).",
+    )
+    tracing_sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="Share of new traces sampled; a traceparent's decision is kept.",
+    )
+    tracing_service_name: str = Field(
+        default="collector", min_length=1, description="service.name of the spans.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Worker log lines: Faust's text, or one JSON object a line (time, "
+        "level, logger, message; topic/partition/offset where there is one).",
+    )
 
     @field_validator("id")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from collector.config.settings import Settings
@@ -44,10 +44,12 @@ def demo_users(count: int, seed: int = 7) -> Iterator[tuple[str, str, str, str, 
         yield demo_user_id(index), segment, country, plan, signup_at
 
 
-async def seed_users(settings: Settings, count: int, seed: int = 7) -> int:
+async def seed_users(settings: Settings, count: int, seed: int = 7,
+                     progress: Callable[[int, int], None] | None = None) -> int:
     """Upsert ``count`` demo users (idempotent); returns how many were written.
 
     Changed rows are not invalidated in Redis: seeding is for a fresh stack.
+    ``progress(done, total)`` is called after every batch of 1000.
     """
     if count < 0:
         raise ValueError("count must not be negative")
@@ -57,6 +59,8 @@ async def seed_users(settings: Settings, count: int, seed: int = 7) -> int:
         for start in range(0, len(rows), _BATCH):
             with mysql_errors("seed"):
                 await cur.executemany(_UPSERT, rows[start : start + _BATCH])
+            if progress is not None:
+                progress(min(start + _BATCH, len(rows)), len(rows))
     return len(rows)
 
 

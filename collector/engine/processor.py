@@ -12,14 +12,15 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka.partitioner import murmur2
 
 from collector.config import Settings
+from collector.engine.ports import Batches, Headers, Output
 from collector.enrichment import Enricher, Outcome
 from collector.models import (
     DEADLETTER_REASON_HEADER,
@@ -37,7 +38,8 @@ from collector.models.proto import (
     declared_content_type,
     decode_record,
 )
-from collector.observability import Metrics
+from collector.observability import Metrics, tracing
+from collector.observability.logs import where
 
 if TYPE_CHECKING:
     from collector.engine.aggregator import Aggregator, Late
@@ -54,11 +56,10 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    #: ``(name, value)`` pairs as aiokafka gives them; they say content type and version
+    #: ``(name, value)`` pairs as aiokafka gives them: content type, schema version and
+    #: a W3C traceparent (a process span: app.tracing)
     headers: Any = None
 
-
-Headers = list[tuple[str, bytes]]
 
 #: header on an event produced again to the partition its user_id maps to
 REROUTED_HEADER = "x-collector-rerouted-from"
@@ -71,25 +72,6 @@ HOME_CACHE_MAX = 200_000
 def home_partition(user_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2 of the key) gives ``user_id``."""
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-class Output(Protocol):
-    """Where forwarded records go: a Kafka producer in the worker."""
-
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None,
-        partition: int | None = None,
-    ) -> Awaitable[Any]: ...
-
-    async def batches(self, topic: str) -> Batches: ...
-
-
-class Batches(Protocol):
-    """Keyed records collected into record batches, sent together."""
-
-    def add(self, key: bytes, value: bytes) -> None: ...
-
-    async def submit(self) -> list[Awaitable[Any]]: ...
 
 
 #: a record to produce: topic, key, value, headers, partition (None: the key's)
@@ -268,6 +250,10 @@ class RawProcessor:
         """
         if self.aggregator is not None:
             self.aggregator.forget_folded()
+        with tracing.process_spans(records):
+            return await self._process_safely(records, out)
+
+    async def _process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
         try:
             result = await self.process(records, out)
             self._count(len(records), result)
@@ -297,10 +283,12 @@ class RawProcessor:
                 failures.append(exc)
                 log.exception("record %s[%d]@%d failed (attempt %d of %d)", record.topic,
                               record.partition, record.offset, len(failures),
-                              self._poison_attempts)
+                              self._poison_attempts,
+                              extra=where(record.topic, record.partition, record.offset))
         if self.aggregator is not None and self.aggregator.absorbed(record):
             log.error("record %s[%d]@%d failed after its events were counted: not "
-                      "dead-lettered", record.topic, record.partition, record.offset)
+                      "dead-lettered", record.topic, record.partition, record.offset,
+                      extra=where(record.topic, record.partition, record.offset))
             return BatchResult()
         return await self._dead_letter_internal(record, failures[-1], out)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypedDict
 
-from collector.observability import Metrics
+from collector.observability import Metrics, tracing
 from collector.sinks.rows import Ident, Row
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class SinkOptions(TypedDict, total=False):
     on_rejected: RejectedCallback | None
     on_written: WrittenCallback | None
     rng: random.Random | None
+    windows_from_ms: int | None
 
 
 class Sink(ABC):
@@ -108,6 +109,7 @@ class Sink(ABC):
         on_rejected: RejectedCallback | None = None,
         on_written: WrittenCallback | None = None,
         rng: random.Random | None = None,
+        windows_from_ms: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -122,6 +124,10 @@ class Sink(ABC):
         self.on_rejected: RejectedCallback = on_rejected or self._log_rejected
         self.on_written: WrittenCallback = on_written or (lambda rows: None)
         self._rng = rng or random.Random()
+        #: rows of windows starting earlier are dropped (``sinks.write_windows_from``)
+        self.windows_from_ms = windows_from_ms
+        #: rows dropped for starting before ``windows_from_ms``
+        self.skipped_early = 0
         self._buffer: dict[Ident, Row] = {}
         self._flush_lock = asyncio.Lock()
         self._healthy = True
@@ -155,7 +161,14 @@ class Sink(ABC):
     def add(self, rows: Iterable[Row]) -> None:
         """Buffer rows; the newest version of each row wins, but a final one is kept."""
         buffer = self._buffer
+        since = self.windows_from_ms
         for row in rows:
+            if since is not None and row.window_start_ms < since:
+                if not self.skipped_early:
+                    log.warning("sink %s: not writing windows that start before %d ms "
+                                "(sinks.write_windows_from)", self.name, since)
+                self.skipped_early += 1
+                continue
             ident = row.ident
             held = buffer.get(ident)
             if held is not None and held.final and not row.final:
@@ -243,8 +256,11 @@ class Sink(ABC):
         """
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.write_timeout):
-                return await self.write(batch)
+            with tracing.span("collector.sink.write", {"collector.sink": self.name,
+                                                       "collector.rows": len(batch)},
+                              kind="CLIENT", links=tracing.links_for(self.name)):
+                async with asyncio.timeout(self.write_timeout):
+                    return await self.write(batch)
         except (SinkUnavailable, BatchRejected):
             raise
         except TimeoutError as exc:

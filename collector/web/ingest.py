@@ -24,6 +24,7 @@ from collector.kafka.clients import client_kwargs
 from collector.models import Limits
 from collector.models.contract import JSON_CONTENT_TYPE
 from collector.models.proto import CONTENT_TYPE_HEADER
+from collector.observability import tracing
 from collector.web.ingest_logic import BodyError, IngestPlan, Planner, parse_body
 from collector.web.ingest_proto import body_format, check_version, parse_protobuf_body
 from collector.web.ops import runtime_of
@@ -77,10 +78,13 @@ class IngestProducer(mode.Service):
             return self._producer
 
     async def send_all(self, topic: str, envelopes: list[tuple[str, bytes]]) -> None:
-        """Send and wait for every acknowledgement; raise on any failure."""
+        """Send and wait for every acknowledgement; raise on any failure.
+
+        With ``app.tracing`` each record carries the ingest span's ``traceparent``."""
         producer = await self._get()
+        headers = tracing.inject(list(RAW_HEADERS))
         futures = [
-            await producer.send(topic, value, key=user_id.encode(), headers=RAW_HEADERS)
+            await producer.send(topic, value, key=user_id.encode(), headers=headers)
             for user_id, value in envelopes
         ]
         await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT + 1)
@@ -131,7 +135,11 @@ class IngestView(web.View):
         finally:
             slots.release()
         if isinstance(plan, IngestPlan):
-            return await self._produce(source, plan, runtime)
+            with tracing.span("collector.ingest", {"collector.source": source,
+                                                   "collector.accepted": plan.accepted,
+                                                   "collector.rejected": plan.rejected_total},
+                              parent=tracing.extract(request.headers), kind="SERVER"):
+                return await self._produce(source, plan, runtime)
         return plan
 
     async def _plan(self, request: web.Request, source: str, settings: Settings

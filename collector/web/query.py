@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -127,6 +128,22 @@ def local_user(rt: Runtime, query: ql.Query, partition: int) -> list[dict[str, A
     return ql.sort_windows(out)
 
 
+#: what a 401 from another worker means, in its log line and in the 503 it causes
+TOKEN_MISMATCH = ("every worker of a group must have the same web.api_token "
+                  "(COLLECTOR_WEB__API_TOKEN); queries that need that worker fail until "
+                  "they do")
+#: peer url -> monotonic time of its last mismatch log line (one a minute per peer)
+_mismatch_logged: dict[str, float] = {}
+
+
+def _token_mismatch(url: str) -> None:
+    now = time.monotonic()
+    if now - _mismatch_logged.get(url, -math.inf) >= 60.0:
+        _mismatch_logged[url] = now
+        log.error("worker %s answered 401 to a query this worker accepted: %s", url,
+                  TOKEN_MISMATCH)
+
+
 async def _peer(rt: Runtime, url: str, request: web.Request, params: Mapping[str, str]
                 ) -> dict[str, Any]:
     """GET the same path from another worker; its JSON, or Unavailable."""
@@ -139,6 +156,10 @@ async def _peer(rt: Runtime, url: str, request: web.Request, params: Mapping[str
             target, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
         ) as resp:
             body: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status == 401:  # the caller's token was good here: tokens differ
+                _token_mismatch(url)
+                raise Unavailable(f"worker {url} refused this worker's web.api_token: "
+                                  f"{TOKEN_MISMATCH}")
             if resp.status == 503:
                 raise Unavailable(f"{url}: {body.get('error', 'unavailable')}")
             if resp.status != 200:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the project venv and install collector with its dev extra.
+# Create the project venv and install collector with its dev extra, pinned by requirements.lock.
 # On a bare Debian, python3 has no venv module until python3-venv is installed.
 set -euo pipefail
 PY=${1:-python3}
@@ -17,7 +17,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e '.[dev]'
+# Exact versions with hashes from requirements.lock ('make lock' refreshes it), so two
+# installs a month apart get the same packages; then collector itself, without deps.
+"$VENV/bin/python" -m pip install -q --require-hashes -r requirements.lock
+"$VENV/bin/python" -m pip install -q --no-deps -e .
 # protobuf classes are generated on first use (collector/models/protogen.py): once here,
 # so that a broken grpcio-tools/protobuf pair shows at install time, not in a worker
 "$VENV/bin/python" -c 'from collector.models.protogen import pb2; pb2()'

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import uuid
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -39,6 +40,7 @@ class Elements(HTMLParser):
         self.by_id: dict[str, dict[str, str]] = {}
         self.rows: list[dict[str, str]] = []
         self.tags: list[str] = []
+        self.series: list[dict[str, str]] = []  # legend entries, in order
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -47,6 +49,8 @@ class Elements(HTMLParser):
             self.by_id[values["id"]] = values
         if tag == "tr" and any(k.startswith("data-") for k in values):
             self.rows.append(values)
+        if "data-series" in values:
+            self.series.append(values)
 
     def rows_with(self, attr: str) -> dict[str, dict[str, str]]:
         return {row[attr]: row for row in self.rows if attr in row}
@@ -122,7 +126,8 @@ async def test_web_view_renders_the_api_numbers(
     expected = wait_settled(base, consumed=41)
     assert expected["totals"] == {"consumed": 41, "valid": 36, "dead_lettered": 5}
 
-    dom = chromium(browser, tmp_path, "--dump-dom", f"{base}/?token={TOKEN}").stdout.decode()
+    dom = chromium(browser, tmp_path, "--dump-dom", "--window-size=1280,900",
+                   f"{base}/?token={TOKEN}").stdout.decode()
     (tmp_path / "web-view.html").write_text(dom)
     page = Elements()
     page.feed(dom)
@@ -137,7 +142,10 @@ async def test_web_view_renders_the_api_numbers(
     assert float(ids["hit-ratio"]["data-ratio"]) == pytest.approx(api["enrichment"]["hit_ratio"])
     assert ids["events-per-s"]["data-value"] != "" or api["rates"]["events_per_s"] is None
     assert {r: float(row["data-count"]) for r, row in page.rows_with("data-reason").items()} \
-        == api["dead_letters"] == {"malformed_json": 4, "schema_violation": 1}
+        == api["dead_letters"]
+    # the runtime creates the sink_rejected series at 0 when it starts
+    assert {r: n for r, n in api["dead_letters"].items() if n} == {
+        "malformed_json": 4, "schema_violation": 1}
     sources = page.rows_with("data-source")
     assert {s: (float(r["data-consumed"]), float(r["data-valid"]), float(r["data-dead"]),
                 float(r["data-duplicates"])) for s, r in sources.items()} == {
@@ -174,6 +182,18 @@ async def test_web_view_renders_the_api_numbers(
             assert float(shown[key]["data-count"]) == w["values"]["count"]
         if latest:
             assert "windows-chart" in ids and "polyline" in page.tags
+        # the chart: the six biggest series, one colour each, a legend with their totals
+        legend = [(s["data-series"], float(s["data-total"])) for s in page.series]
+        assert 0 < len(legend) <= 6 and page.tags.count("polyline") == len(legend)
+        assert [t for _, t in legend] == sorted((t for _, t in legend), reverse=True)
+        for key, total in legend:
+            if key.startswith(ours):  # others' windows may sit at the range's edge
+                assert total == sum(w["values"]["count"] for w in windows["windows"]
+                                    if f"{w['key']['source']}|{w['key']['type']}" == key)
+        assert ("more-series" in ids) == (len(page.rows_with("data-key")) > len(legend))
+
+    assert ids["cards"]["data-overflow"] == "", "cards wider than their box at 1280 px"
+    assert "updated " in dom and " UTC" in dom
 
     shot = tmp_path / "web-view.png"
     chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,900",
@@ -183,3 +203,29 @@ async def test_web_view_renders_the_api_numbers(
     keep_artifact(tmp_path / "web-view.html")
     if os.environ.get("COLLECTOR_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "web-view.png")
+
+
+async def test_web_view_says_when_there_are_no_recent_windows(
+    worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    browser = ensure_program("chromium", "chromium")
+    tag = "v" + uuid.uuid4().hex[:8]
+    # the API answers every source's MySQL rows of the range, and other tests write some:
+    # a database that does not exist leaves the (empty) tables only, marked incomplete
+    dsn = settings_for({}).mysql.dsn.get_secret_value().rsplit("/", 1)[0] + f"/no_{tag}"
+    env = isolated_env(tmp_path, COLLECTOR_WEB__API_TOKEN=TOKEN,
+                       COLLECTOR_KAFKA__SOURCES=f"{tag}a,{tag}b", COLLECTOR_MYSQL__DSN=dsn)
+    await ensure_topics(settings_for(env))
+    worker = worker_factory(env).start()
+    worker.wait_ready()
+    base = f"http://127.0.0.1:{worker.port}"
+    dom = chromium(browser, tmp_path, "--dump-dom", "--window-size=1280,900",
+                   f"{base}/?token={TOKEN}").stdout.decode()
+    page = Elements()
+    page.feed(dom)
+    assert page.by_id["windows-status"]["data-status"] == "empty"
+    assert page.by_id["windows-status"]["data-complete"] == "false"
+    assert "No windows in the last 15 minutes" in dom
+    assert "Older windows could not be read" in dom
+    assert "windows-chart" not in page.by_id and not page.series
+    assert page.by_id["cards"]["data-overflow"] == ""

@@ -89,8 +89,9 @@ ALLOWED: dict[str, set[str]] = {
             "adapters", "aggregates"},
     "db": {"config", "enrichment", "aggregates", "models"},
     "devtools": {"config", "models", "kafka"},
+    "ops": {"config", "kafka"},
     "cli": {"config", "db", "kafka", "devtools", "models", "enrichment", "adapters",
-            "aggregates"},
+            "aggregates", "ops"},
 }
 #: modules that may import faust, mode or aiokafka's internals
 FAUST_ALLOWED = {"adapters", "agents", "web"}

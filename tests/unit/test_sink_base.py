@@ -281,3 +281,21 @@ async def test_metrics_follow_writes_failures_and_health() -> None:
     count = sample(registry, "end_to_end_latency_seconds_count", sink="")
     total = sample(registry, "end_to_end_latency_seconds_sum", sink="")
     assert count == 1 and 1.4 < total < 10
+
+
+async def test_windows_before_write_windows_from_are_not_written() -> None:
+    """``collector reprocess`` re-reads the first windows only in part: never write them."""
+    sink = Scripted(windows_from_ms=120_000)
+    sink.add([row("early", start=60_000), row("edge", start=120_000),
+              row("late", start=180_000)])
+    assert sink.pending == 2 and sink.skipped_early == 1
+    await sink.flush()
+    assert {r.key for r in sink.stored.values()} == {("edge",), ("late",)}
+
+
+def test_write_windows_from_setting_is_utc_epoch_ms() -> None:
+    from collector.config import SinkSettings
+
+    assert SinkSettings().write_windows_from_ms is None
+    naive = SinkSettings(write_windows_from="2026-11-24T10:00:00")  # type: ignore[arg-type]
+    assert naive.write_windows_from_ms == 1795514400000

@@ -153,7 +153,7 @@ def assert_agree(obj: object, limits: Limits) -> bool:
     return True
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None)
 @given(obj=inputs, allow_unknown=st.booleans())
 @example(obj={**VALID, "value": True}, allow_unknown=False)
 @example(obj={**VALID, "ts": float(NOW)}, allow_unknown=False)
@@ -171,7 +171,7 @@ def test_generators_reach_both_outcomes() -> None:
     """Guard against a strategy that only ever produces rejects (or accepts)."""
     seen: set[bool] = set()
 
-    @settings(max_examples=300, database=None)
+    @settings(max_examples=300, database=None, deadline=None)
     @given(obj=one_field)
     def probe(obj: dict[str, Any]) -> None:
         seen.add(assert_agree(obj, Limits()))
