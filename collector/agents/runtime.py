@@ -61,7 +61,7 @@ class Runtime(mode.Service):
         self.settings = settings
         self.tables = tables
         #: the web views' services (collector.web.register sets them)
-        self.history: Any = None
+        self.sink_history: Any = None
         self.ingest_producer: Any = None
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)

@@ -12,9 +12,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
     from collector.web import auth, ingest, ops, query, view
     from collector.web.history import History
 
-    runtime.history = History(runtime.settings.mysql)
+    runtime.sink_history = History(runtime.settings.mysql)
     runtime.ingest_producer = ingest.IngestProducer(runtime.settings)
-    app.add_dependency(runtime.history)
+    app.add_dependency(runtime.sink_history)
     app.add_dependency(runtime.ingest_producer)
     app.web_middlewares.append(auth.middleware(runtime.settings.web))  # type: ignore[attr-defined]
     for module in (ingest, ops, query, view):

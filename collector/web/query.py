@@ -174,7 +174,7 @@ async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
     """Live windows over the sink's rows; without MySQL, the live ones, marked incomplete."""
     spec = rt.specs.for_table(query.table)
     try:
-        rows = await rt.history.windows(query, spec)
+        rows = await rt.sink_history.windows(query, spec)
     except HistoryUnavailable as exc:
         return ql.response(query, spec, live, complete=False, incomplete=str(exc))
     return ql.response(query, spec, ql.overlay(rows, live))

@@ -54,6 +54,12 @@ def test_the_factory_registers_agents_tables_views_and_the_transport() -> None:
     assert isinstance(app, faust.App) and app.runtime is not None
     assert {"collector.raw", "collector.users", "collector.merge"} <= set(app.agents)
     assert {"collector-state", "collector-merged"} <= set(app.tables)
+    from collector.observability.summary import RateHistory
+    from collector.web.history import History
+
+    # the web views' services do not shadow the runtime's own
+    assert isinstance(app.runtime.history, RateHistory)
+    assert isinstance(app.runtime.sink_history, History)
     transport = importlib.import_module("collector.adapters.transport")
     assert app.transport.Consumer is transport.LeanHandoffConsumer
     # two apps from one process do not share state (tests build several)
