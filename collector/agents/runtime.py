@@ -98,8 +98,9 @@ class Runtime(mode.Service):
             send=self._send_dead_letter,
             release=lambda rows: self.flusher.on_user_rows_written(rows),
             spawn=self.add_future,
-            on_dead_lettered=metrics.dead_lettered.labels(
-                "sink", Reason.SINK_REJECTED.value).inc,
+            # labelled on first use: no sink_rejected series until a row is refused
+            on_dead_lettered=lambda: metrics.dead_lettered.labels(
+                "sink", Reason.SINK_REJECTED.value).inc(),
         )
         for sink in self.sinks.sinks:
             sink.on_rejected = self.rejected  # type: ignore[method-assign]
