@@ -104,6 +104,7 @@ class Runtime(mode.Service):
         )
         for sink in self.sinks.sinks:
             sink.on_rejected = self.rejected  # type: ignore[method-assign]
+            sink.fenced = self.fenced
         self.flusher = Flusher(
             aggregator=self.aggregator, state=self.window_state, specs=self.specs,
             raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
@@ -142,10 +143,13 @@ class Runtime(mode.Service):
         return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
                 if tp.topic in wanted}
 
+    def fenced(self) -> bool:
+        """Frozen past the session timeout and not rejoined yet: it owns nothing."""
+        fenced = getattr(self.app.consumer, "fenced", None)  # collector's consumer only
+        return fenced is not None and bool(fenced())
+
     def ready_for_flush(self) -> bool:
-        fenced = getattr(self.app.consumer, "fenced", None)  # a frozen worker (handoff)
-        return not (self.app.rebalancing or self.app.in_recovery
-                    or (fenced is not None and fenced()))
+        return not (self.app.rebalancing or self.app.in_recovery or self.fenced())
 
     async def flush_windows(self) -> dict[str, Any]:
         """One flush cycle: combiner side, then the merge."""

@@ -32,6 +32,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
         """Replace each slot's partial in its merged window; record slots' close marks."""
         async for events in stream.take_events(1000, within=0.1):  # type: ignore[attr-defined]
+            if runtime.fenced():
+                # fetched before a freeze: the partition's new owner merges them; applied
+                # here they wrote a stale merged entry to its changelog and rows to sinks
+                continue
             for event in events:
                 message = event.message
                 try:

@@ -129,6 +129,11 @@ class Sink(ABC):
         #: rows dropped for starting before ``windows_from_ms``
         self.skipped_early = 0
         self._buffer: dict[Ident, Row] = {}
+        #: the worker lost its partitions without knowing (frozen past its session):
+        #: its buffered rows are older than the new owners' and must not be written
+        self.fenced: Callable[[], bool] = lambda: False
+        #: rows dropped because the worker was fenced (the new owners write them)
+        self.discarded = 0
         self._flush_lock = asyncio.Lock()
         self._healthy = True
         self._failing_since: float | None = None
@@ -213,6 +218,9 @@ class Sink(ABC):
                 if not first and time.monotonic() >= deadline:
                     break  # what is left waits for the next flush
                 first = False
+                if self.fenced():
+                    self._discard()
+                    break
                 # Drop rows written, rejected or superseded since the snapshot.
                 batch = [row for row in queue.popleft() if self._buffer.get(row.ident) is row]
                 if not batch:
@@ -247,6 +255,15 @@ class Sink(ABC):
                 rejected += self._reject(refused)
                 written += self._succeeded(batch, refused)
             return FlushResult(written, rejected, len(self._buffer), error)
+
+    def _discard(self) -> None:
+        """Drop every buffered row: a fenced worker owns no partition any more, and each
+        new owner writes its rows again from the recovered state after its rebalance."""
+        if self._buffer:
+            log.warning("sink %s: dropping %d buffered rows: this worker was frozen past its "
+                        "session and its partitions moved", self.name, len(self._buffer))
+            self.discarded += len(self._buffer)
+            self._buffer.clear()
 
     async def _timed_write(self, batch: list[Row]) -> list[tuple[Row, str]]:
         """``write`` bounded in time, with anything unexpected counted as unavailable.

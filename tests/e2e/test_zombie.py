@@ -131,9 +131,12 @@ async def test_a_frozen_worker_holds_back_until_it_rejoins_and_rows_end_exact(
 
         async def all_final() -> tuple[bool, Any]:
             rows = await mysql_rows(settings, lo, hi, keys_for(tag))
-            done = expected.keys() <= rows.keys() and all(f for _, f in rows.values())
-            quiet = (await _quiet(other))[0] and (await _quiet(zombie))[0]
-            return done and quiet, rows if done else sorted(expected.keys() - rows.keys())[:5]
+            missing = sorted(expected.keys() - rows.keys())[:5]
+            open_rows = sorted(i for i, (_, f) in rows.items() if not f)[:5]
+            pending = [await _quiet(other), await _quiet(zombie)]
+            if not missing and not open_rows and all(ok for ok, _ in pending):
+                return True, rows
+            return False, {"missing": missing, "not final": open_rows, "pending": pending}
 
         rows = await until(all_final, 120, "every window final after the zombie woke up")
         await asyncio.sleep(2)  # a late zombie write would show in the watch by now

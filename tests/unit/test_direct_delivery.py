@@ -164,3 +164,14 @@ async def test_a_worker_that_was_frozen_past_its_session_processes_nothing() -> 
     consumer.app.consumer_generation_id = 2  # rejoined
     await consumer.deliver([Message("a", 2, generation=2)])
     assert calls == [2] and not consumer.fenced()
+
+
+def test_the_first_caller_after_a_thaw_is_told_it_is_fenced() -> None:
+    """After a thaw the merge agent or a sink flush may run before the freeze watcher's
+    next tick; they ask ``fenced()`` and must already get yes, or they write rows
+    computed before the freeze over the new owner's."""
+    consumer = Consumer({})
+    consumer._last_tick = time.monotonic() - 31  # the watcher last ran before the freeze
+    assert consumer.fenced()
+    consumer.app.consumer_generation_id = 2  # rejoined
+    assert not consumer.fenced()

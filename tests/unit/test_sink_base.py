@@ -107,6 +107,27 @@ async def test_flush_writes_in_batches_and_empties_the_buffer() -> None:
     assert (await sink.flush()).written == 0 and len(sink.calls) == 3
 
 
+async def test_a_fenced_worker_drops_its_buffered_rows_even_mid_flush() -> None:
+    """A worker frozen past its session owns nothing when it thaws: rows it buffered
+    before the freeze are older than the new owners', so none is written, not even the
+    rest of a flush that was under way when it froze."""
+    frozen = False
+    sink = Scripted(batch_size=2)
+
+    def freeze() -> None:
+        nonlocal frozen
+        frozen = True
+
+    sink.fenced = lambda: frozen
+    sink.add([row(f"u{i}") for i in range(5)])
+    sink.during_write = freeze  # the first batch was on its way when the worker froze
+    result = await sink.flush()
+    assert [len(c) for c in sink.calls] == [2]
+    assert result.written == 2 and sink.pending == 0 and sink.discarded == 3
+    sink.add([row("u9")])
+    assert (await sink.flush()).written == 0 and len(sink.calls) == 1 and sink.discarded == 4
+
+
 # ------------------------------------------------------------------ retries and outages
 
 
