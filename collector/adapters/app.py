@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import faust
+
+from collector.kafka.clients import ssl_context
 
 if TYPE_CHECKING:
     from collector.config import Settings
@@ -86,14 +87,6 @@ def _hard_exit(logger: Any) -> None:
     os._exit(1)
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    kafka = settings.kafka
-    context = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
-    if kafka.ssl_certfile:
-        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile or None)
-    return context
-
-
 def broker_credentials(settings: Settings) -> Any:
     """Faust credentials for the configured security protocol (None for PLAINTEXT)."""
     kafka = settings.kafka
@@ -101,12 +94,12 @@ def broker_credentials(settings: Settings) -> Any:
     if protocol == "PLAINTEXT":
         return None
     if protocol == "SSL":
-        return faust.SSLCredentials(_ssl_context(settings))
+        return faust.SSLCredentials(ssl_context(settings))
     return faust.SASLCredentials(
         username=kafka.sasl_username,
         password=kafka.sasl_password.get_secret_value(),
         mechanism=kafka.sasl_mechanism,
-        ssl_context=_ssl_context(settings) if protocol == "SASL_SSL" else None,
+        ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
     )
 
 

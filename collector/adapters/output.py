@@ -19,7 +19,7 @@ import faust
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from collector.engine.delivery import ProduceHealth, until_delivered
+from collector.engine.delivery import ProduceHealth, Stopping, until_delivered
 from collector.engine.processor import Headers
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class KafkaOutput:
             return await self.send_once(topic, key, value, headers, partition)
 
         return asyncio.ensure_future(until_delivered(fut, again, topic, self.health,
-                                                     self._max_backoff))
+                                                     self._max_backoff, self._stopping))
 
     async def send_once(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
@@ -150,7 +150,7 @@ class KafkaOutput:
             return last()
 
         return asyncio.ensure_future(until_delivered(first(), again, topic, self.health,
-                                                     self._max_backoff))
+                                                     self._max_backoff, self._stopping))
 
     async def send_batch(self, batch: BatchBuilder, topic: str, partition: int
                          ) -> Awaitable[Any]:
@@ -166,7 +166,12 @@ class KafkaOutput:
             except Exception as exc:
                 delay = await self._backoff(topic, exc, delay)
 
+    def _stopping(self) -> bool:
+        return bool(getattr(self._app, "should_stop", False))
+
     async def _backoff(self, topic: str, exc: Exception, delay: float) -> float:
+        if self._stopping():
+            raise Stopping(f"producing to {topic} failed while stopping: {exc!r}") from exc
         log.warning("producer send to %s failed (%r); retrying in %.1fs", topic, exc, delay)
         await asyncio.sleep(delay)
         return min(delay * 2, self._max_backoff)

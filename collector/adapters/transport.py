@@ -33,6 +33,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 
+from collector.engine.delivery import Stopping
+
 
 class Resumed:
     """The rest of a coroutine that already ran up to ``first`` (what it yielded).
@@ -237,6 +239,12 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
         """
         try:
             await handler(messages)
+        except Stopping as exc:  # SIGTERM while a produce failed: a restart redoes it
+            self.log.warning("stopping with %d messages unprocessed (%s): not committed, "
+                             "the next start processes them", len(messages), exc)
+            for message in messages:
+                self._unacked_messages.discard(message)
+            return
         except Exception as exc:
             self.log.exception("direct handler raised on %d messages; nothing of them "
                                "will be committed, the worker needs a restart", len(messages))

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import mode
+from aiokafka.errors import KafkaError
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
@@ -32,6 +33,7 @@ from collector.engine.processor import RawProcessor
 from collector.engine.rejected import RejectedRows
 from collector.engine.sinkhub import SinkHub
 from collector.enrichment import Enricher, ProfileCache, UserRepository
+from collector.kafka.topics import partition_mismatches
 from collector.models import Reason
 from collector.observability import Metrics
 from collector.observability.lag import LagTracker
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: changelog records Faust may buffer before it throttles the streams (Faust: 100)
 CHANGELOG_BUFFER_MAX = 20_000
+#: how long the start-up check of the topics' partition counts may take
+TOPIC_CHECK_TIMEOUT_S = 15.0
 
 
 class Runtime(mode.Service):
@@ -273,6 +277,25 @@ class Runtime(mode.Service):
         # batch of ours writes a record per touched key, hundreds, so every batch was
         # throttled and logged "producer buffer full".  Memory stays bounded by batches.
         set_changelog_buffer(self.app, CHANGELOG_BUFFER_MAX)
+        await self.check_topics()
+
+    async def check_topics(self) -> None:
+        """Exit 2 naming each topic with a partition count other than ``kafka.partitions``.
+
+        A raw topic a broker auto-created with one partition made every reroute to
+        partition 1+ fail for ever (``Unrecognized partition``), with nothing saying why.
+        An unreachable broker is Faust's to report: the check then only warns.
+        """
+        try:
+            async with asyncio.timeout(TOPIC_CHECK_TIMEOUT_S):
+                mismatches = await partition_mismatches(self.settings)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("could not check the topics' partition counts: %r", exc)
+            return
+        if mismatches:
+            for mismatch in mismatches:
+                log.critical("%s", mismatch)
+            raise SystemExit(2)
 
     async def on_stop(self) -> None:
         await self.sinks.flush_once()

@@ -55,9 +55,14 @@ def _seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(_args: argparse.Namespace, settings: Settings) -> int:
-    from collector.kafka.topics import ensure_topics
+    from collector.kafka.topics import PartitionMismatch, ensure_topics
 
-    created = asyncio.run(ensure_topics(settings))
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except PartitionMismatch as exc:
+        for mismatch in exc.mismatches:
+            print(f"error: {mismatch}", file=sys.stderr)
+        return 2
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none (all exist)'}")
     return 0
 

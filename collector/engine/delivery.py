@@ -22,6 +22,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+class Stopping(Exception):
+    """The worker is stopping: a failed produce is not retried any more.
+
+    Retrying for ever kept a worker alive after SIGTERM (its batch never acked, the
+    shutdown waiting for it).  What was not delivered was not acked either, so no offset
+    past it is committed and the next start produces it again.
+    """
+
+
 @dataclass(slots=True)
 class TopicHealth:
     #: UTC epoch seconds of the first failure of the current outage (None: healthy)
@@ -69,8 +78,10 @@ class ProduceHealth:
 async def until_delivered(
     fut: Awaitable[Any], again: Callable[[], Awaitable[Awaitable[Any]]], topic: str,
     health: ProduceHealth, max_backoff: float = 5.0,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Any:
-    """The record metadata of ``fut``; on failure ``again()`` sends anew, with backoff."""
+    """The record metadata of ``fut``; on failure ``again()`` sends anew, with backoff,
+    until the worker is ``stopping`` (then :class:`Stopping`)."""
     delay = 0.1
     retrying = False
     try:
@@ -84,6 +95,8 @@ async def until_delivered(
                     retrying = True
                     health.retrying[topic] = health.retrying.get(topic, 0) + 1
                 health.failed(topic, exc)
+                if stopping():
+                    raise Stopping(f"delivery to {topic} failed while stopping: {exc!r}") from exc
                 log.warning("delivery to %s failed (%r); producing again in %.1fs",
                             topic, exc, delay)
                 await asyncio.sleep(delay)

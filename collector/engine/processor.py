@@ -20,6 +20,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from collector.config import Settings
+from collector.engine.delivery import Stopping
 from collector.engine.ports import Batches, Headers, Output
 from collector.enrichment import Enricher, Outcome
 from collector.models import (
@@ -258,7 +259,7 @@ class RawProcessor:
             result = await self.process(records, out)
             self._count(len(records), result)
             return result
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Stopping):  # stopping: nothing acked, redone later
             raise
         except Exception:
             log.exception("batch of %d failed; retrying one record at a time", len(records))
@@ -277,7 +278,7 @@ class RawProcessor:
         while len(failures) < self._poison_attempts:
             try:
                 return await self.process([record], out)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Stopping):
                 raise
             except Exception as exc:
                 failures.append(exc)

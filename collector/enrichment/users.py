@@ -20,6 +20,7 @@ import orjson
 import pymysql
 
 from collector.config.settings import MySQLSettings
+from collector.drivers.mysql import LazyPool
 from collector.enrichment.errors import SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,7 @@ class UserRepository:
 
     def __init__(self, settings: MySQLSettings) -> None:
         self._settings = settings
-        self._pool: aiomysql.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pool = LazyPool(settings)
 
     async def start(self) -> None:
         """Connect now if possible; an outage here is not fatal (the pool is lazy)."""
@@ -118,10 +118,7 @@ class UserRepository:
             log.warning("users repository starts without MySQL: %s", exc)
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()
-            await pool.wait_closed()
+        await self._pool.close()
 
     async def get_many(self, user_ids: Iterable[str]) -> dict[str, UserProfile]:
         """Profiles of the ids that exist (absent ids are unknown users)."""
@@ -154,22 +151,8 @@ class UserRepository:
         )
 
     async def _ensure_pool(self) -> aiomysql.Pool:
-        if self._pool is not None:
-            return self._pool
-        async with self._pool_lock:
-            if self._pool is not None:  # another task connected while we waited
-                return self._pool
-            with mysql_errors("connect"):
-                async with asyncio.timeout(self._settings.timeout):
-                    self._pool = await aiomysql.create_pool(
-                        minsize=1,
-                        maxsize=self._settings.pool_size,
-                        connect_timeout=self._settings.timeout,
-                        autocommit=True,
-                        charset="utf8mb4",
-                        **self._settings.connect_kwargs(),
-                    )
-            return self._pool
+        with mysql_errors("connect"):
+            return await self._pool.get()
 
     async def _query(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
         pool = await self._ensure_pool()

@@ -24,6 +24,7 @@ import aiomysql
 import pymysql
 
 from collector.config.settings import MySQLSettings
+from collector.drivers.mysql import LazyPool
 from collector.sinks.base import (
     BatchRejected,
     Sink,
@@ -146,8 +147,8 @@ class MySQLSink(Sink):
         kwargs.setdefault("write_timeout", max(10.0, 5 * settings.timeout))
         super().__init__(**kwargs)
         self._settings = settings
-        self._pool: aiomysql.Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pool = LazyPool(settings, autocommit=False, init_command=_SQL_MODE,
+                              pool_recycle=300)
         self._statements = {table: upsert_sql(table) for table in VALUE_COLUMNS}
 
     async def start(self) -> None:
@@ -197,33 +198,16 @@ class MySQLSink(Sink):
         return refused
 
     async def _ensure_pool(self) -> aiomysql.Pool:
-        async with self._pool_lock:
-            if self._pool is None:
-                try:
-                    async with asyncio.timeout(self._settings.timeout):
-                        self._pool = await aiomysql.create_pool(
-                            minsize=1,
-                            maxsize=self._settings.pool_size,
-                            connect_timeout=self._settings.timeout,
-                            autocommit=False,
-                            charset="utf8mb4",
-                            init_command=_SQL_MODE,
-                            pool_recycle=300,
-                            **self._settings.connect_kwargs(),
-                        )
-                except Exception as exc:
-                    error = classify(exc)
-                    if isinstance(error, BatchRejected):  # not a row's fault at connect time
-                        error = SinkUnavailable(str(error))
-                    raise error from exc
-            return self._pool
+        try:
+            return await self._pool.get()
+        except Exception as exc:
+            error = classify(exc)
+            if isinstance(error, BatchRejected):  # not a row's fault at connect time
+                error = SinkUnavailable(str(error))
+            raise error from exc
 
     async def _drop_pool(self) -> None:
-        async with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()
-            await pool.wait_closed()
+        await self._pool.drop()
 
 
 __all__ = ["MySQLSink", "classify", "naive_utc", "row_params", "upsert_sql"]

@@ -11,10 +11,10 @@ import asyncio
 import logging
 from typing import Any
 
-import aiomysql
 import mode
 
 from collector.config import MySQLSettings
+from collector.drivers.mysql import LazyPool
 from collector.engine.windows import WindowSpec
 from collector.web import query_logic as ql
 
@@ -31,25 +31,14 @@ class History(mode.Service):
     def __init__(self, settings: MySQLSettings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._settings = settings
-        self._pool: aiomysql.Pool | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get_pool(self) -> aiomysql.Pool:
-        async with self._lock:
-            if self._pool is None:
-                self._pool = await aiomysql.create_pool(
-                    minsize=0, maxsize=2, connect_timeout=self._settings.timeout,
-                    autocommit=True, charset="utf8mb4", pool_recycle=300,
-                    **self._settings.connect_kwargs(),
-                )
-            return self._pool
+        self._pool = LazyPool(settings, minsize=0, maxsize=2, pool_recycle=300)
 
     async def windows(self, query: ql.Query, spec: WindowSpec) -> list[dict[str, Any]]:
         """The sink rows of ``query`` as response windows, or HistoryUnavailable."""
         sql, args = ql.history_sql(query, spec.seconds)
         try:
             async with asyncio.timeout(self._settings.timeout * 2):
-                pool = await self._get_pool()
+                pool = await self._pool.get()
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     await cur.execute(sql, args)
                     rows = await cur.fetchall()
@@ -60,11 +49,7 @@ class History(mode.Service):
         return [ql.history_window(query.table, spec, row) for row in rows]
 
     async def _drop(self) -> None:
-        async with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.terminate()
-            await pool.wait_closed()
+        await self._pool.drop()
 
     async def on_stop(self) -> None:
         await self._drop()

@@ -99,7 +99,7 @@ def server_properties(bind: str, port: int, advertised: str, data: Path) -> str:
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",  # no 3 s wait for the first group member
         "group.min.session.timeout.ms": "6000",  # Kafka's default floor, stated for the docs
-        "auto.create.topics.enable": "true",
+        "auto.create.topics.enable": "false",  # as in production: topics are created on purpose
         "delete.topic.enable": "true",
         "log.retention.hours": "168",
         "log.segment.bytes": str(256 << 20),

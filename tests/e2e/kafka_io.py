@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings, settings_for_env
 from collector.kafka.clients import client_kwargs
+from tests.topics import create_topic
 
 
 def settings_for(env: dict[str, str]) -> Settings:
@@ -20,6 +21,7 @@ def settings_for(env: dict[str, str]) -> Settings:
 
 
 async def produce(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+    await create_topic(settings, topic)  # as a deployment would: kafka.partitions of them
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all")
     await producer.start()
     try:

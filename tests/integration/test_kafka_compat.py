@@ -14,11 +14,11 @@ import uuid
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from collector.config import Settings
 from collector.kafka.clients import client_kwargs
 from tests.programs import ensure_program
+from tests.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,7 @@ def bootstrap(settings: Settings) -> str:
 
 
 async def new_topic(settings: Settings, partitions: int = 3) -> str:
-    name = f"test.compat.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
-    return name
+    return await create_topic(settings, f"test.compat.{uuid.uuid4().hex[:10]}", partitions)
 
 
 def kcat(*args: str, stdin: str | None = None, timeout: float = 60) -> str:

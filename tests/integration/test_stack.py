@@ -18,6 +18,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from collector.config import Settings
+from tests.topics import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_influx_ping_and_database(stack: Settings) -> None:
 
 async def test_kafka_round_trip(stack: Settings) -> None:
     bootstrap = stack.kafka.bootstrap_servers
-    topic = f"test.stack.{uuid.uuid4().hex[:12]}"
+    topic = await create_topic(stack, f"test.stack.{uuid.uuid4().hex[:12]}", 1)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:

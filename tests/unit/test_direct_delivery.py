@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from collector.adapters.transport import LeanHandoffConsumer
+from collector.engine.delivery import Stopping
 
 
 class Message:
@@ -144,6 +145,19 @@ async def test_a_handler_that_raises_acks_nothing_and_fails_liveness() -> None:
     assert [m.offset for m in consumer.acked] == [7]  # only the other topic's batch
     assert consumer._unacked_messages == set()  # a rebalance does not wait for it forever
     assert "RuntimeError: bug past process_safely" in consumer.app.fetcher_failure
+
+
+async def test_a_handler_stopped_mid_retry_acks_nothing_and_lets_the_shutdown_finish() -> None:
+    """SIGTERM while the handler's produce was being retried: its batch is left
+    unacked (the next start redoes it), leaves the unacked set so ``wait_empty`` does
+    not wait for ever, and is not a failure that liveness reports."""
+    async def handle(messages: list[Message]) -> None:
+        raise Stopping("producing to enriched failed while stopping")
+
+    consumer = Consumer({"a": handle})
+    await consumer.deliver([Message("a", 0), Message("a", 1)])
+    assert consumer.acked == [] and consumer._unacked_messages == set()
+    assert not hasattr(consumer.app, "fetcher_failure")
 
 
 async def test_a_worker_that_was_frozen_past_its_session_processes_nothing() -> None:

@@ -7,12 +7,14 @@ from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
 from collector.adapters.output import Batches, KafkaOutput
+from collector.engine.delivery import Stopping
 
 
 class Recorder(KafkaOutput):
@@ -134,3 +136,41 @@ async def test_health_shows_a_topic_failing_while_it_refuses() -> None:
     out.fail = 0
     await asyncio.wait_for(fut, 5)
     assert out.health.failing() == {}
+
+
+class DownBroker:
+    """An app whose producer refuses every send, and that can be told to stop."""
+
+    def __init__(self) -> None:
+        self.should_stop = False
+        self.attempts = 0
+        self.producer = SimpleNamespace(send=self._send)
+
+    async def _send(self, *args: Any) -> Awaitable[Any]:
+        self.attempts += 1
+        raise KafkaError("broker unreachable")
+
+
+async def test_a_send_retrying_against_a_down_broker_gives_up_once_the_worker_stops() -> None:
+    """SIGTERM while a produce is retried: the retry stops with ``Stopping`` (nothing was
+    acked, so a restart redoes it) instead of keeping the worker alive for ever."""
+    app = DownBroker()
+    out = KafkaOutput(app, max_backoff=0.01)  # type: ignore[arg-type]
+    sending = asyncio.ensure_future(out.send("enriched", b"k", b"v", None))
+    await asyncio.sleep(0.3)
+    assert not sending.done() and app.attempts > 1  # retrying while running
+    app.should_stop = True
+    with pytest.raises(Stopping, match="producing to enriched failed while stopping"):
+        await asyncio.wait_for(sending, 5)
+
+
+async def test_a_delivery_retried_after_a_refusal_gives_up_once_the_worker_stops() -> None:
+    out = Refusing(fail=10**6)
+    stopping = False
+    out._stopping = lambda: stopping  # type: ignore[method-assign]
+    fut = await out.send("dead", b"k", b"v", None)
+    await asyncio.sleep(0.1)
+    assert not fut.done()  # type: ignore[attr-defined]
+    stopping = True
+    with pytest.raises(Stopping, match="delivery to dead failed while stopping"):
+        await asyncio.wait_for(fut, 5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Collection
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ import collector.engine.aggregator as aggregator_module
 from collector.adapters.output import Batches, KafkaOutput
 from collector.config import load_settings
 from collector.engine.aggregator import Aggregator, Specs, user_key
+from collector.engine.delivery import Stopping
 from collector.engine.processor import RawProcessor, RawRecord, home_partition
 from collector.engine.state import DictState
 from collector.enrichment import Outcome
@@ -149,6 +151,24 @@ async def test_refused_forwarding_never_dead_letters_counted_events() -> None:
     assert [r[0] for r in broker.delivered].count(SETTINGS.kafka.enriched_topic) == 2
     assert value(metrics, "events_valid", source="web") == 2
     assert counted(aggregator, u1, now) == 2
+
+
+async def test_a_batch_stopped_mid_retry_is_neither_retried_alone_nor_dead_lettered() -> None:
+    """SIGTERM while forwarding is refused: the batch ends with ``Stopping`` (unacked,
+    redone by the next start), not retried record by record and dead-lettered."""
+    processor, _, _, metrics = build()
+    broker = Broker()
+    broker._app = SimpleNamespace(should_stop=False)  # type: ignore[assignment]
+    broker.refuse.add(SETTINGS.kafka.enriched_topic)
+    [u1] = users_on(0, 1)
+    task = asyncio.ensure_future(processor.process_safely(records([event("e1", u1)]), broker))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    broker._app.should_stop = True  # the worker got SIGTERM
+    with pytest.raises(Stopping):
+        await asyncio.wait_for(task, 5)
+    assert [r[0] for r in broker.delivered].count(DEAD) == 0
+    assert value(metrics, "events_dead_lettered", source="web", reason="internal_error") == 0
 
 
 async def test_a_poison_message_is_dead_lettered_as_internal_error_once() -> None:

@@ -1,0 +1,1 @@
+"""Driver plumbing shared by the packages that talk to the same service."""
