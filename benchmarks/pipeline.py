@@ -1,8 +1,8 @@
-"""Reference (plain Faust) and pipeline (collector worker) runs over pre-loaded topics.
+"""Peers (plain Faust, Quix Streams) and pipeline (collector worker) runs over pre-loaded topics.
 
-Both are subprocess workers started after the topics are full.  Timing starts at the
+All are subprocess workers started after the topics are full.  Timing starts at the
 first poll that sees an event processed and stops when the last one is processed (the
-reference) or processed *and flushed* (the pipeline); polls are every ``POLL_S`` (the
+peers) or processed *and flushed* (the pipeline); polls are every ``POLL_S`` (the
 pipeline's: ``RUN_POLL_S`` once events flow), so each bound is at most that late.  CPU
 is utime+stime of the worker's threads from /proc/<pid>/stat over the same interval,
 peak RSS is VmHWM from /proc/<pid>/status.
@@ -14,6 +14,7 @@ import asyncio
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import aiohttp
 import orjson
 
 from benchmarks.common import (
+    BIN,
     ProcSample,
     Subprocess,
     faust_worker,
@@ -89,7 +91,48 @@ async def wait_for(check: Any, limit_s: float, what: str, worker: Subprocess) ->
     raise RuntimeError(f"timed out after {limit_s}s waiting for {what}:\n{worker.tail()}")
 
 
-# ---------------------------------------------------------------- reference (plain Faust)
+# ---------------------------------------------------------------- peers (Faust, Quix)
+
+def read_status(status: Path) -> dict[str, Any]:
+    """A peer's progress file (zeros until it has written one)."""
+    try:
+        data: dict[str, Any] = orjson.loads(status.read_bytes())
+        return data
+    except (OSError, orjson.JSONDecodeError):
+        return {"messages": 0, "events": 0, "windowed": 0}
+
+
+async def time_peer(worker: Subprocess, status: Path, events: int,
+                    done: Callable[[dict[str, Any]], bool], name: str,
+                    limit_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """From the first poll that sees a message decoded to the first poll where ``done``.
+
+    Returns the rates and the last status read.  ``first_message_s`` is how long after
+    the process started that first poll was (start-up, topic creation, rebalance,
+    recovery: not in the timings).
+    """
+    deadline = time.monotonic() + limit_s
+    first: Mark | None = None
+    first_message_s = 0.0
+    try:
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            seen = read_status(status)
+            if first is None and seen["messages"] > 0:
+                first = mark(worker.pid)
+                first_message_s = time.monotonic() - worker.started_at
+            if done(seen):
+                assert first is not None
+                result = rates(events, first, mark(worker.pid))
+                result["counted_events"] = seen["events"]
+                result["first_message_s"] = round(first_message_s, 2)
+                return result, seen
+            await asyncio.sleep(POLL_S)
+        raise RuntimeError(f"{name}: {read_status(status)}, expected {events} events:\n"
+                           f"{worker.tail()}")
+    finally:
+        worker.stop()
+
 
 async def run_reference(settings: Settings, messages: int, events: int, workdir: Path,
                         limit_s: float = 900.0) -> dict[str, Any]:
@@ -105,31 +148,39 @@ async def run_reference(settings: Settings, messages: int, events: int, workdir:
         "BENCH_REF_STATUS": str(status),
     }
     worker = faust_worker("benchmarks.reference_app", env, workdir / "reference.log").start()
+    result, _ = await time_peer(worker, status, events, lambda s: s["messages"] >= messages,
+                                "reference", limit_s)
+    return result
 
-    def progress() -> dict[str, int]:
-        try:
-            data: dict[str, int] = orjson.loads(status.read_bytes())
-            return data
-        except (OSError, orjson.JSONDecodeError):
-            return {"messages": 0, "events": 0}
 
-    try:
-        deadline = time.monotonic() + limit_s
-        first: Mark | None = None
-        while time.monotonic() < deadline:
-            worker.check_alive()
-            seen = progress()
-            if first is None and seen["messages"] > 0:
-                first = mark(worker.pid)
-            if seen["messages"] >= messages:
-                assert first is not None
-                result = rates(events, first, mark(worker.pid))
-                result["counted_events"] = seen["events"]
-                return result
-            await asyncio.sleep(POLL_S)
-        raise RuntimeError(f"reference: {progress()} of {messages} messages:\n{worker.tail()}")
-    finally:
-        worker.stop()
+async def run_quix(settings: Settings, messages: int, events: int, workdir: Path,
+                   groupby: str = "repartition", limit_s: float = 900.0) -> dict[str, Any]:
+    """The Quix Streams peer (``benchmarks/quix_app.py``) over the same raw topics.
+
+    Done when every message has been decoded and every event decoded from them has
+    reached the window (after the repartition round trip, with ``groupby="repartition"``).
+    """
+    status = workdir / "quix-status.json"
+    env = {
+        "BENCH_QUIX_ID": new_tag("quix"),
+        "BENCH_QUIX_BROKER": ",".join(settings.kafka.bootstrap_servers),
+        "BENCH_QUIX_TOPICS": ",".join(settings.kafka.raw_topics),
+        "BENCH_QUIX_PREFIX": settings.kafka.raw_topic_prefix,
+        "BENCH_QUIX_DATADIR": str(workdir / "quix-data"),
+        "BENCH_QUIX_GROUPBY": groupby,
+        "BENCH_QUIX_STATUS": str(status),
+    }
+    worker = Subprocess([str(BIN / "python"), "-m", "benchmarks.quix_app"], env,
+                        workdir / "quix.log").start()
+
+    def done(seen: dict[str, Any]) -> bool:
+        return bool(seen["messages"] >= messages and seen["windowed"] >= seen["events"])
+
+    result, seen = await time_peer(worker, status, events, done, "quix", limit_s)
+    result["groupby"] = groupby
+    result["windowed_events"] = seen["windowed"]
+    result["retention_ms_config"] = seen.get("retention", {})
+    return result
 
 
 # ---------------------------------------------------------------- pipeline (collector)
@@ -223,6 +274,11 @@ class PipelineWorker:
         intervals (+1 s); the end is the last poll at which a counter moved (or MySQL
         became complete).  If nothing moves for ``stall_s`` after everything was consumed
         the run ends as ``complete: false`` instead of waiting for ``limit_s``.
+
+        ``flush_tail_s``: from the poll that saw the last event consumed to the last poll
+        at which MySQL moved (this run's ``event_stats`` sum, or the mysql sink's
+        written-rows counter), i.e. the last row landing in MySQL; 0 if MySQL was
+        already complete at the first poll.  Both ends are polls, ``RUN_POLL_S`` apart.
         """
         pid = self.worker.pid
         settle = 2 * self.settings.windows.flush_interval_seconds + 1.0
@@ -230,6 +286,8 @@ class PipelineWorker:
         first = consumed_at = None
         last_rows: tuple[float, ...] = ()
         last_change: Mark | None = None
+        mysql_rows = 0.0
+        mysql_last: Mark | None = None  # the last poll at which MySQL moved, once consumed
         mysql_done = False
         visible = last_visible = 0
         m: dict[str, float] = {}
@@ -246,6 +304,11 @@ class PipelineWorker:
             rows = self.sink_rows(m)
             if rows != last_rows:
                 last_rows, last_change = rows, now
+            mysql_now = m.get("collector_sink_rows_written:mysql", 0.0)
+            if mysql_now != mysql_rows:
+                mysql_rows = mysql_now
+                if consumed_at is not None:
+                    mysql_last = now
             if consumed_at is not None:
                 windowed = consumed - m.get("collector_events_dead_lettered", 0.0)
                 if not mysql_done:
@@ -254,7 +317,7 @@ class PipelineWorker:
                         last_visible, last_change = visible, now
                     if visible >= windowed:
                         mysql_done = True
-                        last_change = now  # the latest mark so far
+                        last_change = mysql_last = now  # the latest mark so far
                 quiet = time.perf_counter() - (last_change or consumed_at).at
                 if mysql_done and quiet >= settle:
                     break
@@ -271,6 +334,9 @@ class PipelineWorker:
         result = rates(events, first, last_change or consumed_at)
         result["complete"] = complete
         result["consume_only"] = rates(events, first, consumed_at)
+        tail = (mysql_last.at - consumed_at.at) if mysql_last is not None else 0.0
+        result["flush_tail_s"] = round(max(tail, 0.0), 2)
+        result["flush_interval_s"] = self.settings.windows.flush_interval_seconds
         dead_now = m.get("collector_events_dead_lettered", 0.0)
         result["counters"] = {
             "consumed": m.get("collector_events_consumed"),

@@ -85,7 +85,31 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 THROUGHPUT_HEADERS = ("mode", "stage", "events/s", "µs CPU/event", "peak RSS MB",
-                      "vs ceiling", "vs reference", "seconds")
+                      "vs ceiling", "vs reference", "vs quix", "µs/event vs quix",
+                      "flush tail s", "seconds")
+
+
+def mode_ratios(res: dict[str, Any]) -> dict[str, float | None]:
+    """collector / peer for one mode: events/s (higher is better for collector) and
+    µs CPU per event (lower is better), incl. flush and consumed-only."""
+    pipe = res.get("pipeline") or {}
+    consumed = pipe.get("consume_only") or {}
+    ref = res.get("reference") or {}
+    quix = res.get("quix") or {}
+    return {
+        "pipeline_vs_reference_events_per_s": ratio(pipe.get("events_per_s"),
+                                                     ref.get("events_per_s")),
+        "pipeline_vs_reference_cpu_us_per_event": ratio(pipe.get("cpu_us_per_event"),
+                                                        ref.get("cpu_us_per_event")),
+        "pipeline_vs_quix_events_per_s": ratio(pipe.get("events_per_s"),
+                                               quix.get("events_per_s")),
+        "pipeline_vs_quix_cpu_us_per_event": ratio(pipe.get("cpu_us_per_event"),
+                                                   quix.get("cpu_us_per_event")),
+        "consumed_vs_quix_events_per_s": ratio(consumed.get("events_per_s"),
+                                               quix.get("events_per_s")),
+        "consumed_vs_quix_cpu_us_per_event": ratio(consumed.get("cpu_us_per_event"),
+                                                   quix.get("cpu_us_per_event")),
+    }
 
 
 def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
@@ -93,26 +117,35 @@ def throughput_rows(results: dict[str, Any]) -> list[list[Any]]:
     for mode, res in results.get("modes", {}).items():
         ceiling = (res.get("ceiling") or {}).get("events_per_s")
         reference = (res.get("reference") or {}).get("events_per_s")
+        quix = res.get("quix") or {}
         produce = res.get("produce") or {}
         if produce:
             rows.append([mode, "produce (collector produce)", produce.get("events_per_second"),
-                         None, None, None, None, produce.get("seconds")])
-        for stage in ("ceiling", "reference", "pipeline"):
+                         None, None, None, None, None, None, None, produce.get("seconds")])
+        for stage in ("ceiling", "reference", "quix", "pipeline"):
             r = res.get(stage)
             if not r:
                 continue
-            eps = r.get("events_per_s")
-            rows.append([mode, stage, eps, r.get("cpu_us_per_event"), r.get("peak_rss_mb"),
+            eps, cpu = r.get("events_per_s"), r.get("cpu_us_per_event")
+            ours = stage == "pipeline"
+            label = f"quix ({r.get('groupby', 'repartition')})" if stage == "quix" else stage
+            rows.append([mode, label, eps, cpu, r.get("peak_rss_mb"),
                          times(ratio(eps, ceiling)) if stage != "ceiling" else None,
-                         times(ratio(eps, reference)) if stage == "pipeline" else None,
+                         times(ratio(eps, reference)) if ours else None,
+                         times(ratio(eps, quix.get("events_per_s"))) if ours else None,
+                         times(ratio(cpu, quix.get("cpu_us_per_event"))) if ours else None,
+                         r.get("flush_tail_s") if ours else None,
                          r.get("seconds")])
-            if stage == "pipeline" and r.get("consume_only"):
+            if ours and r.get("consume_only"):
                 c = r["consume_only"]
                 rows.append([mode, "pipeline (consumed, not yet flushed)",
                              c.get("events_per_s"), c.get("cpu_us_per_event"), None,
                              times(ratio(c.get("events_per_s"), ceiling)),
                              times(ratio(c.get("events_per_s"), reference)),
-                             c.get("seconds")])
+                             times(ratio(c.get("events_per_s"), quix.get("events_per_s"))),
+                             times(ratio(c.get("cpu_us_per_event"),
+                                         quix.get("cpu_us_per_event"))),
+                             None, c.get("seconds")])
     return rows
 
 
@@ -198,6 +231,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if ratio_ref is not None:
         found.append({"name": "single: pipeline / reference", "goal": ">= 2.0",
                       "measured": ratio_ref, "met": ratio_ref >= 2.0})
+    quix = mode_ratios(single)
+    eps_quix = quix["pipeline_vs_quix_events_per_s"]
+    if eps_quix is not None:
+        found.append({"name": "single: pipeline / quix events/s", "goal": ">= 1.0",
+                      "measured": eps_quix, "met": eps_quix >= 1.0})
+    cpu_quix = quix["pipeline_vs_quix_cpu_us_per_event"]
+    if cpu_quix is not None:
+        found.append({"name": "single: pipeline / quix µs CPU/event", "goal": "<= 1.0",
+                      "measured": cpu_quix, "met": cpu_quix <= 1.0})
+    for mode, res in results.get("modes", {}).items():
+        pipe = res.get("pipeline") or {}
+        if pipe.get("flush_tail_s") is not None and pipe.get("flush_interval_s"):
+            goal = pipe["flush_interval_s"]
+            found.append({"name": f"{mode}: flush tail (s)", "goal": f"<= {goal:g}",
+                          "measured": pipe["flush_tail_s"],
+                          "met": pipe["flush_tail_s"] <= goal})
     batch = results.get("modes", {}).get("batch50", {})
     eps = (batch.get("pipeline") or {}).get("events_per_s")
     if eps is not None:

@@ -1,7 +1,8 @@
 """``make bench``: throughput, latency and scaling of collector on the local stack.
 
     python -m benchmarks.run [--n 300000] [--modes single,batch50] [--latency-seconds 60]
-                             [--scaling] [--skip-ceiling] [--skip-reference] ...
+                             [--scaling] [--skip-ceiling] [--skip-reference] [--skip-quix]
+                             [--quix-groupby repartition|inplace] ...
 
 Environment defaults (so ``BENCH_N=20000 make bench`` works): BENCH_N,
 BENCH_LATENCY_SECONDS, BENCH_MODES, BENCH_SCALING (1 to run it).  See docs/benchmarks.md.
@@ -38,6 +39,7 @@ from benchmarks.pipeline import (
     PipelineWorker,
     event_stats_count,
     influx_create_db,
+    run_quix,
     run_reference,
     warm_cache,
 )
@@ -68,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling-sizes", default="50000,500000")
     p.add_argument("--skip-ceiling", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-quix", action="store_true",
+                   help="no Quix Streams peer (benchmarks/quix_app.py)")
+    p.add_argument("--quix-groupby", default=env.get("BENCH_QUIX_GROUPBY", "repartition"),
+                   choices=("repartition", "inplace"),
+                   help="how the Quix peer re-keys to source|type: group_by through a "
+                   "repartition topic (Quix's default), or in place (no extra topic)")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--decode-n", type=int, default=int(env.get("BENCH_DECODE_N", "50000")),
@@ -124,7 +132,19 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         except Exception as exc:
             errors.append(f"reference: {exc!r}"[:2000])
             log(f"{mode}: reference FAILED: {exc!r}"[:500])
+    if not pipeline_only and not args.skip_quix:
+        try:
+            result["quix"] = await run_quix(settings, messages, events, workdir,
+                                            groupby=args.quix_groupby)
+            log(f"{mode}: quix {result['quix']['events_per_s']:,.0f} events/s, "
+                f"{result['quix']['cpu_us_per_event']} µs CPU/event "
+                f"(first message {result['quix']['first_message_s']}s after start)")
+        except Exception as exc:
+            errors.append(f"quix: {exc!r}"[:2000])
+            log(f"{mode}: quix FAILED: {exc!r}"[:500])
+        shutil.rmtree(workdir / "quix-data", ignore_errors=True)
     if args.skip_pipeline:
+        result["ratios"] = report.mode_ratios(result)
         return result
     await influx_create_db(settings)
     warmed = await warm_cache(settings, args.users)
@@ -146,7 +166,7 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         result["pipeline"] = pipe
         log(f"{mode}: pipeline {pipe['events_per_s']:,.0f} events/s incl. flush, "
             f"{pipe['consume_only']['events_per_s']:,.0f} consumed/s, "
-            f"{pipe['cpu_us_per_event']} µs CPU/event")
+            f"{pipe['cpu_us_per_event']} µs CPU/event, flush tail {pipe['flush_tail_s']}s")
         extra = pipe["counters"]["unexpected_dead_letters"]
         if extra or not pipe["complete"]:
             log(f"{mode}: WARNING: complete={pipe['complete']}, {extra:,.0f} dead letters "
@@ -173,6 +193,7 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         await worker.stop()
     shutil.rmtree(workdir / "faust", ignore_errors=True)
     shutil.rmtree(workdir / "reference-data", ignore_errors=True)
+    result["ratios"] = report.mode_ratios(result)
     return result
 
 
@@ -189,6 +210,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "code": code_version(),
         "params": {"n": args.n, "users": args.users, "modes": args.modes,
+                   "quix_groupby": None if args.skip_quix else args.quix_groupby,
                    "latency_seconds": args.latency_seconds, "latency_load": args.latency_load,
                    "scaling": args.scaling, "workdir": str(workdir)},
         "modes": {},

@@ -12,11 +12,14 @@ from benchmarks.pipeline import parse_metrics
 from benchmarks.report import (
     BEGIN,
     END,
+    THROUGHPUT_HEADERS,
     format_table,
+    mode_ratios,
     percentile,
     render,
     summarize,
     targets,
+    throughput_rows,
     update_docs,
 )
 
@@ -73,10 +76,18 @@ def sample_results() -> dict[str, object]:
     return {
         "modes": {
             "single": {"ceiling": {"events_per_s": 500_000.0, "cpu_us_per_event": 1.5},
-                       "reference": {"events_per_s": 4000.0},
+                       "reference": {"events_per_s": 4000.0, "cpu_us_per_event": 250.0},
+                       "quix": {"events_per_s": 12_000.0, "cpu_us_per_event": 50.0,
+                                "peak_rss_mb": 110.0, "seconds": 25.0,
+                                "groupby": "repartition"},
                        "pipeline": {"events_per_s": 9000.0, "cpu_us_per_event": 100.0,
-                                    "peak_rss_mb": 200.0, "seconds": 30.0}},
-            "batch50": {"pipeline": {"events_per_s": 30_000.0}},
+                                    "peak_rss_mb": 200.0, "seconds": 30.0,
+                                    "flush_tail_s": 6.5, "flush_interval_s": 5.0,
+                                    "consume_only": {"events_per_s": 10_000.0,
+                                                     "cpu_us_per_event": 80.0,
+                                                     "seconds": 27.0}}},
+            "batch50": {"pipeline": {"events_per_s": 30_000.0, "flush_tail_s": 2.0,
+                                     "flush_interval_s": 5.0}},
         },
         "latency": {"mode": "single", "offered_events_per_s": 4500.0,
                     "achieved_send_events_per_s": 4490.0, "seconds": 60.0, "p50_s": 4.0,
@@ -89,12 +100,55 @@ def sample_results() -> dict[str, object]:
 
 def test_targets_and_render() -> None:
     results = sample_results()
-    found = {t["name"]: t["met"] for t in targets(results)}
-    assert found == {"single: pipeline / reference": True, "batch50: pipeline events/s": False,
-                     "latency p99 at 50% load (s)": True,
-                     "scaling: CPU/event change 50k (%)": False}
+    found = {t["name"]: (t["measured"], t["met"]) for t in targets(results)}
+    assert found == {"single: pipeline / reference": (2.25, True),
+                     "single: pipeline / quix events/s": (0.75, False),
+                     "single: pipeline / quix µs CPU/event": (2.0, False),
+                     "single: flush tail (s)": (6.5, False),
+                     "batch50: flush tail (s)": (2.0, True),
+                     "batch50: pipeline events/s": (30_000.0, False),
+                     "latency p99 at 50% load (s)": (9.0, True),
+                     "scaling: CPU/event change 50k (%)": (12.0, False)}
     text = render(results)
     assert "2.25x" in text and "0.018x" in text
+    assert "| single  | quix (repartition) " in text
+    assert "flush tail s" in text and "µs/event vs quix" in text
+
+
+def test_ratios_against_the_peers() -> None:
+    ratios = mode_ratios(sample_results()["modes"]["single"])  # type: ignore[index]
+    assert ratios == {
+        "pipeline_vs_reference_events_per_s": 2.25,  # 9000 / 4000
+        "pipeline_vs_reference_cpu_us_per_event": 0.4,  # 100 / 250
+        "pipeline_vs_quix_events_per_s": 0.75,  # 9000 / 12000
+        "pipeline_vs_quix_cpu_us_per_event": 2.0,  # 100 / 50
+        "consumed_vs_quix_events_per_s": 0.8333,  # 10000 / 12000
+        "consumed_vs_quix_cpu_us_per_event": 1.6,  # 80 / 50
+    }
+    # no peer measured (--skip-quix, --skip-reference): no ratio, not a zero
+    alone = mode_ratios({"pipeline": {"events_per_s": 9000.0, "cpu_us_per_event": 100.0}})
+    assert set(alone.values()) == {None}
+
+
+def test_throughput_rows_quix_and_flush_tail_columns() -> None:
+    rows = throughput_rows(sample_results())
+    by_stage = {(r[0], r[1]): dict(zip(THROUGHPUT_HEADERS, r, strict=True)) for r in rows}
+    quix = by_stage[("single", "quix (repartition)")]
+    assert quix["events/s"] == 12_000.0 and quix["µs CPU/event"] == 50.0
+    assert quix["vs ceiling"] == "0.024x"  # 12000 / 500000
+    assert quix["vs quix"] is None and quix["flush tail s"] is None
+    pipe = by_stage[("single", "pipeline")]
+    assert (pipe["vs reference"], pipe["vs quix"], pipe["µs/event vs quix"]) == (
+        "2.25x", "0.750x", "2.00x")
+    assert pipe["flush tail s"] == 6.5
+    consumed = by_stage[("single", "pipeline (consumed, not yet flushed)")]
+    assert (consumed["vs quix"], consumed["µs/event vs quix"]) == ("0.833x", "1.60x")
+    assert consumed["flush tail s"] is None
+    # the peers come before the pipeline, in the order they run
+    assert [r[1] for r in rows if r[0] == "single"] == [
+        "ceiling", "reference", "quix (repartition)", "pipeline",
+        "pipeline (consumed, not yet flushed)"]
+    assert by_stage[("batch50", "pipeline")]["vs quix"] is None
 
 
 def test_update_docs_replaces_only_the_section(tmp_path: Path) -> None:
@@ -144,3 +198,24 @@ def test_warnings_name_failures_and_late_dead_letters() -> None:
     assert any("stalled" in n for n in notes)
     assert any("52,102 events dead-lettered" in n for n in notes)
     assert any(n.startswith("scaling N=500,000: 7 events") for n in notes)
+
+
+def test_quix_peer_decodes_like_the_reference() -> None:
+    from quixstreams.models.serializers import IgnoreMessage
+
+    from benchmarks import quix_app
+
+    quix_app.progress.update(messages=0, events=0, windowed=0)
+    decode = quix_app.EventsDeserializer()
+    assert decode.split_values
+    one = decode(b'{"type": "click", "user_id": "u1"}', None)
+    assert one == [{"type": "click", "user_id": "u1"}]
+    envelope = decode(b'[{"type": "a"}, {"no_type": 1}, 3, {"type": "b"}]', None)
+    assert [e["type"] for e in envelope] == ["a", "b"]  # only elements with a type count
+    for bad in (b"{not json", b'{"user_id": "u1"}', b"[]"):
+        with pytest.raises(IgnoreMessage):
+            decode(bad, None)
+    assert quix_app.progress["messages"] == 5 and quix_app.progress["events"] == 3
+    assert quix_app.key_for("m")({"type": "click"}) == "m|click"
+    quix_app.windowed({"type": "click"})
+    assert quix_app.progress["windowed"] == 1
