@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,7 +20,8 @@ def settings_for(env: dict[str, str]) -> Settings:
     return settings_for_env(env)
 
 
-async def produce(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(settings: Settings, topic: str,
+                  items: Sequence[tuple[bytes | None, bytes]]) -> None:
     await create_topic(settings, topic)  # as a deployment would: kafka.partitions of them
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all")
     await producer.start()

@@ -37,6 +37,7 @@ from tests.e2e.test_windows_robust import (
     keys_for,
     over_counts,
     prepare_stream,
+    readyz,
     start,
     stream,
     until,
@@ -67,6 +68,11 @@ async def settled(*workers: Worker) -> tuple[bool, Any]:
     """Every worker has re-indexed after the latest rebalance (it owns its partitions)."""
     counts = [w.text().count("re-indexed") for w in workers]
     return all(n >= 2 for n in counts[:1]) and all(n >= 1 for n in counts), counts
+
+
+#: worker log lines worth printing when the rows do not settle
+STATUS_WORDS = ("WARNING", "ERROR", "CRITICAL", "re-indexed", "Recover", "recover",
+                "Assigned", "generation", "did not run")
 
 
 class Backwards:
@@ -138,7 +144,18 @@ async def test_a_frozen_worker_holds_back_until_it_rejoins_and_rows_end_exact(
                 return True, rows
             return False, {"missing": missing, "not final": open_rows, "pending": pending}
 
-        rows = await until(all_final, 120, "every window final after the zombie woke up")
+        try:
+            rows = await until(all_final, 120, "every window final after the zombie woke up")
+        except AssertionError:
+            for worker in (zombie, other):  # what CI shows of a rare failure
+                try:
+                    print(f"\n[zombie] {worker.log.name} /readyz: {await readyz(worker)}")
+                except Exception as exc:  # the diagnosis must not hide the failure
+                    print(f"\n[zombie] {worker.log.name} /readyz failed: {exc!r}")
+                print(f"\n[zombie] {worker.log.name}, status lines:\n" + "\n".join(
+                    line[:300] for line in worker.text().splitlines()
+                    if any(w in line for w in STATUS_WORDS))[-12000:], flush=True)
+            raise
         await asyncio.sleep(2)  # a late zombie write would show in the watch by now
     finally:
         stop.set()
