@@ -137,6 +137,17 @@ def _web_blueprints() -> None:
     _in_init(Web, "web_app")
 
 
+def _apply_changelog_batch() -> None:
+    import faust
+    from faust.tables.recovery import Recovery
+
+    params = list(inspect.signature(faust.Table.apply_changelog_batch).parameters)
+    if params != ["self", "batch"]:
+        raise TypeError(f"faust.Table.apply_changelog_batch{params}")
+    if "apply_changelog_batch(buf)" not in inspect.getsource(Recovery):
+        raise TypeError("Recovery no longer applies changelog records through the table")
+
+
 PINS: list[Pin] = [
     Pin("faust.streams._current_event (ContextVar)", "adapters/state.py", _current_event),
     Pin("faust rocksdb Store._set/_del(key, value)", "adapters/state.py", _store_set_del),
@@ -154,4 +165,6 @@ PINS: list[Pin] = [
     Pin("PrometheusMonitor._clear_partition_related_metrics", "adapters/sensors.py",
         _prometheus_clear),
     Pin("faust aiohttp Web blueprint lists and web_app", "adapters/web.py", _web_blueprints),
+    Pin("faust Table.apply_changelog_batch(batch), called by Recovery", "adapters/tables.py",
+        _apply_changelog_batch),
 ]

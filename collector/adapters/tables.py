@@ -8,12 +8,15 @@ need event time per event inside ``take()`` batches and closing by watermark.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 
 from collector.config import Settings
+from collector.engine.state import superseded
 
 #: Values are plain JSON objects: no value_type, since Faust decodes changelog records
 #: (recovery) with ``value_type.from_data`` and ``dict`` has none, so every record
@@ -35,13 +38,52 @@ class Tables:
     merged: Any
 
 
+class GuardedTable(faust.Table):  # type: ignore[misc]
+    """A table whose changelog recovery skips records that would take a key back.
+
+    A zombie (frozen past its session, see ``LeanHandoffConsumer.check_frozen``) may
+    finish the batch it was in when it froze and write the changelog after the new
+    owner's writes; recovery applies records in order, so the next owner recovered the
+    zombie's older value (and skipped the replays its offsets said it held).  Each
+    value records the raw offsets it absorbed, so :func:`superseded` tells such a
+    record apart.  Standbys apply changelogs through the same method.
+    """
+
+    #: changelog records skipped because the held value had absorbed more
+    skipped = 0
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        kept: list[Any] = []
+        latest: dict[Any, Any] = {}
+        data = self.data
+        for event in batch:
+            message = event.message
+            try:
+                key = orjson.loads(message.key)
+                new = None if message.value is None else orjson.loads(message.value)
+                held = latest[key] if key in latest else data.get(key)
+            except Exception:  # not ours to judge: apply it as Faust would
+                kept.append(event)
+                continue
+            if isinstance(new, dict) and isinstance(held, dict) and superseded(new, held):
+                self.skipped += 1
+                continue
+            latest[key] = new
+            kept.append(event)
+        super().apply_changelog_batch(kept)
+
+
 def create_tables(app: faust.App, settings: Settings) -> Tables:
     partitions = settings.kafka.partitions
+
+    def table(name: str, help: str) -> Any:
+        return app.tables.add(GuardedTable(
+            app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions,
+            schema=_SCHEMA, help=help))
+
     return Tables(
-        state=app.Table(STATE_TABLE, default=None, partitions=partitions, schema=_SCHEMA,
-                        help="Combiner state: slot watermarks, partials, user windows"),
-        merged=app.Table(MERGED_TABLE, default=None, partitions=partitions, schema=_SCHEMA,
-                         help="Merged windows and per-slot close marks"),
+        state=table(STATE_TABLE, "Combiner state: slot watermarks, partials, user windows"),
+        merged=table(MERGED_TABLE, "Merged windows and per-slot close marks"),
     )
 
 
