@@ -8,6 +8,7 @@ need event time per event inside ``take()`` batches and closing by watermark.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from collector.engine.state import superseded
 _SCHEMA: faust.Schema = faust.Schema(
     key_type=str, key_serializer="json", value_serializer="json",
 )
+
+log = logging.getLogger(__name__)
 
 STATE_TABLE = "collector-state"
 MERGED_TABLE = "collector-merged"
@@ -53,6 +56,7 @@ class GuardedTable(faust.Table):  # type: ignore[misc]
     skipped = 0
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        batch = list(batch)
         kept: list[Any] = []
         latest: dict[Any, Any] = {}
         data = self.data
@@ -70,6 +74,10 @@ class GuardedTable(faust.Table):  # type: ignore[misc]
                 continue
             latest[key] = new
             kept.append(event)
+        if len(kept) < len(batch):
+            log.warning("table %s: skipped %d changelog records that absorbed less than the "
+                        "value held (written by a worker after its partitions moved)",
+                        self.name, len(batch) - len(kept))
         super().apply_changelog_batch(kept)
 
 
