@@ -165,7 +165,7 @@ USER_ACTIVITY: Final = Aggregate(
               Truncated("types_truncated")),
     columns=(
         _COUNT,
-        Column("distinct_types", "INT", lambda v: len(_types(v))),
+        Column("distinct_types", "INT", lambda v: len({str(t) for t in v["types"]})),
         Column("types", "VARCHAR(2048)", lambda v: ",".join(_types(v)), value="types",
                read=lambda t: [x for x in str(t).split(",") if x]),
         Column("types_truncated", "BOOL", lambda v: bool(v.get("types_truncated", False)),

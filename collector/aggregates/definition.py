@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from collector.aggregates.measures import DistinctValues, Measure, State
+from collector.aggregates.measures import DistinctValues, Getter, Measure, State
 from collector.aggregates.window import WindowKind
 
 #: fold(state, event, ts): count one event into a window's state (the hot path)
@@ -113,6 +113,9 @@ class Aggregate:
     #: the empty state, copied by :meth:`new` (a new window per key is frequent)
     _empty: State = field(init=False, repr=False, compare=False)
     _lists: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _getters: tuple[tuple[str, Getter], ...] = field(init=False, repr=False, compare=False)
+    _params: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         empty: State = {}
@@ -122,6 +125,8 @@ class Aggregate:
         object.__setattr__(self, "_empty", empty)
         object.__setattr__(self, "_lists",
                            tuple(k for k, v in empty.items() if isinstance(v, list)))
+        object.__setattr__(self, "_getters", tuple(g for m in self.measures for g in m.getters()))
+        object.__setattr__(self, "_params", tuple(c.param for c in self.columns))
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -153,10 +158,7 @@ class Aggregate:
 
     def row_values(self, state: Mapping[str, Any]) -> dict[str, Any]:
         """Sink row values of a state (``latest`` is bookkeeping, not a value)."""
-        out: dict[str, Any] = {}
-        for m in self.measures:
-            out.update(m.result(state))
-        return out
+        return {name: get(state) for name, get in self._getters}
 
     def bound(self, max_distinct: int) -> Aggregate:
         """This aggregate with its distinct-value limits set (``windows.max_user_types``)."""
@@ -189,7 +191,7 @@ class Aggregate:
         return (*(c.name for c in self.columns), "revision")
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(c.param(values) for c in self.columns)
+        return tuple([param(values) for param in self._params])
 
     @property
     def history_columns(self) -> tuple[Column, ...]:

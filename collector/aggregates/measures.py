@@ -11,8 +11,9 @@ event in, ``merge`` adds another partial of the same window (the cross-partition
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 #: distinct event types a user window keeps (``windows.max_user_types``): the MySQL
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 MAX_USER_TYPES = 30
 
 State = dict[str, Any]
+Getter = Callable[[Mapping[str, Any]], Any]
 _INT: dict[str, Any] = {"type": "integer"}
 _NUM: dict[str, Any] = {"type": "number"}
 _NUM_OR_NULL: dict[str, Any] = {"type": "number", "nullable": True}
@@ -38,6 +40,11 @@ class Measure(Protocol):
     def merge(self, into: State, other: Mapping[str, Any]) -> None: ...
 
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        """(output, state -> value) pairs: ``result`` without a dict per measure, for
+        building a row's values in one comprehension."""
+        ...
 
     def schema(self) -> dict[str, dict[str, Any]]: ...
 
@@ -65,6 +72,9 @@ class Count:
 
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
         return {self.name: state[self.name]}
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        return ((self.name, itemgetter(self.name)),)
 
     def schema(self) -> dict[str, dict[str, Any]]:
         return {self.name: _INT}
@@ -94,6 +104,9 @@ class Sum:
 
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
         return {self.name: state[self.name]}
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        return ((self.name, itemgetter(self.name)),)
 
     def schema(self) -> dict[str, dict[str, Any]]:
         return {self.name: _NUM}
@@ -129,6 +142,9 @@ class Min:
 
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
         return {self.name: state[self.name]}
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        return ((self.name, itemgetter(self.name)),)
 
     def schema(self) -> dict[str, dict[str, Any]]:
         return {self.name: _NUM_OR_NULL}
@@ -202,6 +218,10 @@ class DistinctValues:
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
         return {self.name: list(state[self.name])}
 
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        name = self.name
+        return ((name, lambda state: list(state[name])),)
+
     def schema(self) -> dict[str, dict[str, Any]]:
         return {self.name: {"type": "array", "items": {"type": "string"}}}
 
@@ -228,6 +248,10 @@ class Truncated:
 
     def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
         return {self.name: bool(state.get(self.flag, False))}
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        flag = self.flag
+        return ((self.name, lambda state: bool(state.get(flag, False))),)
 
     def schema(self) -> dict[str, dict[str, Any]]:
         return {self.name: {"type": "boolean"}}
