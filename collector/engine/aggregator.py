@@ -18,21 +18,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
-from collector.config import Settings
+from collector.aggregates import Aggregate
+from collector.aggregates.definition import Fold
 from collector.engine.processor import RawRecord
+from collector.engine.specs import Plan, Specs, plan, required_fields
 from collector.engine.state import State
-from collector.engine.windows import (
-    EVENT_STATS,
-    NEW,
-    SEGMENT_STATS,
-    USER_ACTIVITY,
-    WindowSpec,
-    add_activity,
-    add_segment,
-    add_stats,
-)
 
 SEP = "|"
 
@@ -66,46 +59,6 @@ class _Touched:
     base_off: Any  # int for partials; dict[topic, int] for user windows
 
 
-@dataclass(slots=True)
-class Specs:
-    """The three tables' windows, from settings, and the state horizons."""
-
-    event: WindowSpec
-    user: WindowSpec
-    segment: WindowSpec
-    #: age of a window start, by its slot's close mark, after which its state is gone
-    expires_ms: int = 7_200_000
-    #: event time past a window's end during which repeated event ids are recognised
-    dedupe_ms: int = 900_000
-    #: distinct types a user window keeps
-    max_user_types: int = 30
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Specs:
-        w = settings.windows
-        late = w.allowed_lateness_seconds
-        return cls(
-            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds, late),
-            WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds, late),
-            WindowSpec.hopping(w.hopping_size_seconds, w.hopping_step_seconds, w.grace_seconds,
-                               late),
-            expires_ms=w.expires_seconds * 1000,
-            dedupe_ms=min(w.dedupe_seconds, late) * 1000,
-            max_user_types=w.max_user_types,
-        )
-
-    def for_table(self, table: str) -> WindowSpec:
-        return {EVENT_STATS: self.event, USER_ACTIVITY: self.user, SEGMENT_STATS: self.segment}[
-            table
-        ]
-
-    def is_gone(self, table: str, start: int, stream_time: int, retired: int) -> bool:
-        """No event can update this window any more: too late for the slot's stream time,
-        or its state expired (``retired``: the highest close mark the slot ever sent)."""
-        return (self.for_table(table).is_late(start, stream_time)
-                or start + self.expires_ms <= retired)
-
-
 def new_slot(topic: str, partition: int) -> dict[str, Any]:
     """An input slot: ``wm`` its stream time, ``idle`` the wall clock while it is quiet
     (0 while events arrive), ``ret`` the highest close mark it ever sent (what the merge
@@ -137,6 +90,22 @@ class Aggregator:
     duplicates: dict[str, int] = field(default_factory=dict)
     #: (topic, partition, offset) of records some window counted, since forget_folded
     folded: set[tuple[str, int, int]] = field(default_factory=set)
+    _anchor: Aggregate = field(init=False, repr=False)
+    _partials: tuple[Plan, ...] = field(init=False, repr=False)
+    _user_plan: tuple[str, int, int, Fold] = field(init=False, repr=False)
+    #: ts, event_id, the user key, then every other field some key or fold requires
+    _required: Callable[[dict[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
+    _user_size: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Choose the folds once, not per event."""
+        specs = self.specs
+        self._anchor = anchor = specs.anchor
+        self._partials = tuple(plan(specs, a) for a in specs.aggregates if not a.per_user)
+        name, _, horizon, step, spec, _, fold = plan(specs, anchor)
+        self._user_plan = (name, horizon, step, fold)
+        self._required = itemgetter(*required_fields(specs.aggregates))
+        self._user_size = spec.size_ms
 
     def slot(self, topic: str, partition: int) -> dict[str, Any]:
         value = self.state.get(partition, slot_key(topic, partition))
@@ -199,46 +168,47 @@ class Aggregator:
     def _fold(self, touched: dict[str, _Touched], record: RawRecord, event: dict[str, Any],
               st: int, ret: int) -> list[str]:
         """Count one new event (unless a duplicate); the tables it was too late for."""
-        specs = self.specs
         # every field first: a malformed event raises before any state absorbed its offset
-        ts, value, etype, source = event["ts"], event.get("value"), event["type"], event["source"]
-        user_id, eid = event["user_id"], event["event_id"]
-        user, stats, seg = specs.user, specs.event, specs.segment
+        fields = self._required(event)
+        ts, eid, user_id = fields[0], fields[1], fields[2]
         # the newest window start that no event can update any more, per table
-        expired = ret - specs.expires_ms
-        ws = ts - ts % user.step_ms
+        expired = ret - self.specs.expires_ms
         missed: list[str] = []
-        if ws <= max(st - user.size_ms - user.lateness_ms, expired):
-            missed.append(USER_ACTIVITY)
+        user, horizon, step, fold = self._user_plan
+        ws = ts - ts % step
+        if ws <= max(st - horizon, expired):
+            missed.append(user)
         else:
             entry = self._user(touched, record, user_id, ws)
             if entry is not None:
                 ids: dict[str, int] = entry.value.setdefault("ids", {})
                 if eid in ids:  # counted before: an HTTP retry, a producer retry, a replay
+                    source = event["source"]
                     self.duplicates[source] = self.duplicates.get(source, 0) + 1
                     self.folded.add((record.topic, record.partition, record.offset))
                     return []
-                if ws + user.size_ms + specs.dedupe_ms > st:
+                if ws + self._user_size + self.specs.dedupe_ms > st:
                     ids[eid] = 1
-                add_activity(entry.value["agg"], etype, ts, specs.max_user_types)
+                fold(entry.value["agg"], event, ts)
                 self.folded.add((record.topic, record.partition, record.offset))
-        if ws <= max(st - stats.size_ms - stats.lateness_ms, expired):
-            missed.append(EVENT_STATS)
-        else:
-            agg = self._partial(touched, EVENT_STATS, record, (source, etype), ws)
-            if agg is not None:
-                add_stats(agg, value, ts)
-                self.folded.add((record.topic, record.partition, record.offset))
-        seg_cut = max(st - seg.size_ms - seg.lateness_ms, expired)
-        if ts - ts % seg.step_ms <= seg_cut:
-            missed.append(SEGMENT_STATS)
-        else:
-            seg_key = (event.get("segment", "unknown"), event.get("country", "unknown"))
-            for start in seg.starts(ts):
-                if start > seg_cut:
-                    agg = self._partial(touched, SEGMENT_STATS, record, seg_key, start)
-                    if agg is not None:
-                        add_segment(agg, value, ts)
+        for name, hopping, horizon, step, spec, key_of, fold in self._partials:
+            cut = st - horizon
+            if cut < expired:
+                cut = expired
+            if ts - ts % step <= cut:
+                missed.append(name)
+            elif hopping:  # (as before: hopping windows alone do not mark it folded)
+                key = key_of(event)
+                for start in spec.starts(ts):
+                    if start > cut:
+                        agg = self._partial(touched, name, record, key, start)
+                        if agg is not None:
+                            fold(agg, event, ts)
+            else:
+                agg = self._partial(touched, name, record, key_of(event), ts - ts % step)
+                if agg is not None:
+                    fold(agg, event, ts)
+                    self.folded.add((record.topic, record.partition, record.offset))
         return missed
 
     def _replayed(self, touched: dict[str, _Touched], record: RawRecord,
@@ -291,7 +261,7 @@ class Aggregator:
             if value is None:
                 value = {"kind": "p", "table": table, "topic": record.topic,
                          "partition": record.partition, "key": list(key), "ws": ws,
-                         "agg": NEW[table](), "off": -1}
+                         "agg": self.specs.definition(table).new(), "off": -1}
             entry = touched[pkey] = _Touched(record.partition, value, value["off"])
         if record.offset <= entry.base_off:
             return None  # already absorbed before a restart
@@ -311,8 +281,9 @@ class Aggregator:
         if entry is None:
             value = self.state.get(record.partition, ukey)
             if value is None:
-                value = {"kind": "u", "table": USER_ACTIVITY, "partition": record.partition,
-                         "key": [user_id], "ws": ws, "agg": NEW[USER_ACTIVITY](), "offs": {},
+                anchor = self._anchor
+                value = {"kind": "u", "table": anchor.name, "partition": record.partition,
+                         "key": [user_id], "ws": ws, "agg": anchor.new(), "offs": {},
                          "ids": {}}
             entry = touched[ukey] = _Touched(record.partition, value, dict(value["offs"]))
         tp = f"{record.topic}|{record.partition}"

@@ -22,7 +22,6 @@ import orjson
 
 from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
 from collector.engine.state import State
-from collector.engine.windows import USER_ACTIVITY, row_values
 from collector.sinks import Row
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def to_row(
         window_start_ms=entry["ws"],
         window_seconds=specs.for_table(table).seconds,
         key=tuple(entry["key"]),
-        values=row_values(table, agg),
+        values=specs.definition(table).row_values(agg),
         final=final,
         latest_event_ms=agg["latest"],
         revision=entry.get("rev", 0),
@@ -138,7 +137,7 @@ class Flusher:
 
     def on_user_rows_written(self, rows: list[Row]) -> None:
         for row in rows:
-            if row.final and row.table == USER_ACTIVITY:
+            if row.final and row.table == self.specs.anchor.name:
                 self.confirmed[user_key(row.key[0], row.window_start_ms)] = row.revision
 
     async def tick(self, assigned: Collection[tuple[str, int]]) -> dict[str, int]:
@@ -262,7 +261,7 @@ class Flusher:
         key alone: ``p|table|topic|partition|…|ws`` or ``u|user_id|ws`` (topic names and
         tables contain no ``|``)."""
         ws = int(key[key.rindex(SEP) + 1:])
-        table = key.split(SEP, 2)[1] if key[0] == "p" else USER_ACTIVITY
+        table = key.split(SEP, 2)[1] if key[0] == "p" else self.specs.anchor.name
         mark, st, ret = self._marks_of(key, None, partition, marks)
         if self.specs.is_gone(table, ws, st, ret):
             return True  # to be deleted (or sent final first)

@@ -25,7 +25,6 @@ from typing import Any
 from collector.engine.aggregator import SEP, Specs
 from collector.engine.flusher import emit_final, to_row
 from collector.engine.state import State
-from collector.engine.windows import combine
 from collector.sinks import Row
 
 
@@ -158,7 +157,7 @@ class Merger:
             if key in dirty or key in resend or (final and key not in self.final_sent):
                 if emit_final(entry, final, key in dirty):
                     self.state.set(partition, key, entry)
-                agg = combine(table, list(entry["slots"].values()))
+                agg = self.specs.definition(table).combine(list(entry["slots"].values()))
                 rows.append(to_row(table, self.specs, entry, final, agg))
                 if final:
                     if key not in self.final_sent:

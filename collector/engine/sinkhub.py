@@ -10,42 +10,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from collector.engine.windows import USER_ACTIVITY
+from collector.aggregates import BY_NAME, Aggregate
 from collector.sinks import Row, Sink
 
 log = logging.getLogger(__name__)
 
 
 class SinkHub:
-    """user_activity goes to the SQL sink only (a user_id tag would explode InfluxDB)."""
+    """Each row goes to the sinks its aggregate's definition names (``Aggregate.sinks``,
+    by sink name): user_activity to the SQL sink only (a user_id tag would explode
+    InfluxDB).  Rows of a table without a definition go to every sink."""
 
     def __init__(
         self,
         sinks: list[Sink],
         *,
         interval: float,
-        user_sinks: list[Sink] | None = None,
         flush_timeout: float = 10.0,
+        aggregates: Mapping[str, Aggregate] = BY_NAME,
     ) -> None:
         self.sinks = sinks
-        self.user_sinks = user_sinks if user_sinks is not None else sinks[:1]
         self.interval = interval
         self.flush_timeout = flush_timeout
         self._wake = asyncio.Event()
         self.on_written: list[Callable[[Sink, list[Row]], None]] = []
+        #: table -> names of the sinks that get its rows
+        self.routes = {name: defn.sinks for name, defn in aggregates.items()}
 
     def add(self, rows: list[Row]) -> None:
-        users = [r for r in rows if r.table == USER_ACTIVITY]
-        others = [r for r in rows if r.table != USER_ACTIVITY]
-        if users:
-            for sink in self.user_sinks:
-                sink.add(users)
-        if others:
-            for sink in self.sinks:
-                sink.add(others)
+        routes = self.routes
+        for sink in self.sinks:
+            mine = [r for r in rows if r.table not in routes or sink.name in routes[r.table]]
+            if mine:
+                sink.add(mine)
         if rows:  # rows arrive once per window flush: write them now, not an interval later
             self._wake.set()
 

@@ -2,9 +2,10 @@
 
 A point's time is its window start and its tags are the row's key, so rewriting a row
 overwrites the same point: writes are idempotent and at-least-once delivery is safe.
-``user_activity`` is never written here (a user_id tag would explode series
-cardinality): ``add`` drops those rows before buffering, so they are neither written
-nor counted, and ``SinkHub`` already routes them to the SQL sink only.
+Only aggregates whose definition names ``influxdb`` are written here (not
+``user_activity``: a user_id tag would explode series cardinality): ``add`` drops the
+others before buffering, so they are neither written nor counted, and ``SinkHub``
+already routes them by the same rule.
 
 Points are built with influxdb-client's ``Point`` (escaping) but sent with aiohttp, so
 one client covers both ``/write`` (v1: InfluxDB 1.x, also accepted by 2.x/3.x) and
@@ -29,6 +30,7 @@ import aiohttp
 import orjson
 from influxdb_client import Point, WritePrecision
 
+from collector.aggregates import BY_NAME
 from collector.config.settings import InfluxSettings
 from collector.sinks.base import (
     BatchRejected,
@@ -37,7 +39,7 @@ from collector.sinks.base import (
     SinkOptions,
     SinkUnavailable,
 )
-from collector.sinks.rows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY, Row
+from collector.sinks.rows import Row
 
 log = logging.getLogger(__name__)
 
@@ -49,31 +51,33 @@ _CONFIG_STATUS: Final = frozenset({401, 403, 404})
 def to_point(row: Row) -> Point:
     """The point of a row; ``KeyError``/``TypeError``/``ValueError`` if malformed.
 
+    Its definition gives the measurement, the tags (the key fields) and the fields, e.g.
     event_stats: tags source, type; fields count, value_count (int), sum, min, max, mean
-    (float), final.  segment_stats: tags segment, country; fields count, sum, final.
-    Fields whose value is None are omitted (InfluxDB has no null).
+    (float).  Fields whose value is None are omitted (InfluxDB has no null); every point
+    also has final and revision.
     """
-    v = row.values
-    point = Point(row.table)
-    if row.table == EVENT_STATS:
-        source, type_ = row.key
-        value_count = int(v["value_count"])
-        value_sum = float(v["value_sum"])
-        point.tag("source", source).tag("type", type_)
-        point.field("count", int(v["count"])).field("value_count", value_count)
-        point.field("sum", value_sum)
-        for name, value in (("min", v["value_min"]), ("max", v["value_max"]),
-                            ("mean", value_sum / value_count if value_count else None)):
-            if value is not None:
-                point.field(name, float(value))
-    elif row.table == SEGMENT_STATS:
-        segment, country = row.key
-        point.tag("segment", segment).tag("country", country)
-        point.field("count", int(v["count"])).field("sum", float(v["value_sum"]))
-    else:
+    defn = BY_NAME.get(row.table)
+    if defn is None or defn.measurement is None or "influxdb" not in defn.sinks:
         raise ValueError(f"{row.table} rows are not written to InfluxDB")
+    if len(row.key) != len(defn.keys):
+        raise ValueError(f"{row.table} needs key {defn.key_names}, got {row.key!r}")
+    v = row.values
+    fields = [(f.name, f.of(v)) for f in defn.influx_fields]  # raises before any output
+    point = Point(defn.measurement)
+    for name, tag in zip(defn.key_names, row.key, strict=True):
+        point.tag(name, tag)
+    for name, value in fields:
+        if value is not None:
+            point.field(name, value)
     point.field("final", bool(row.final)).field("revision", int(row.revision))
     return point.time(row.window_start_ms, WritePrecision.MS)
+
+
+def _written_here(table: str) -> bool:
+    """Rows of aggregates that do not name this sink are dropped (unknown ones are kept:
+    ``to_point`` refuses them, visibly)."""
+    defn = BY_NAME.get(table)
+    return defn is None or "influxdb" in defn.sinks
 
 
 def error_reason(status: int, body: bytes) -> str:
@@ -89,7 +93,8 @@ def error_reason(status: int, body: bytes) -> str:
 
 
 class InfluxSink(Sink):
-    """Writes event_stats and segment_stats; one aiohttp session, opened on demand."""
+    """Writes the aggregates that name it (event_stats, segment_stats); one aiohttp
+    session, opened on demand."""
 
     name = "influxdb"
 
@@ -120,7 +125,7 @@ class InfluxSink(Sink):
         return f"{s.url}/write", params, headers, auth
 
     def add(self, rows: Iterable[Row]) -> None:
-        super().add(row for row in rows if row.table != USER_ACTIVITY)
+        super().add(row for row in rows if _written_here(row.table))
 
     async def start(self) -> None:
         self._ensure_session()

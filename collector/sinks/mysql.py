@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, Unpack
 
 import aiomysql
 import pymysql
 
+from collector.aggregates import BY_NAME, DEFINITIONS
+from collector.aggregates.definition import naive_utc
 from collector.config.settings import MySQLSettings
 from collector.drivers.mysql import LazyPool
 from collector.sinks.base import (
@@ -32,18 +34,13 @@ from collector.sinks.base import (
     SinkOptions,
     SinkUnavailable,
 )
-from collector.sinks.rows import EVENT_STATS, KEY_COLUMNS, SEGMENT_STATS, USER_ACTIVITY, Row
+from collector.sinks.rows import KEY_COLUMNS, Row
 
 log = logging.getLogger(__name__)
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-#: Value columns per table (after the key columns), in INSERT order.
+#: Value columns per table (after the key columns), in INSERT order (from the definitions).
 VALUE_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max", "revision"),
-    USER_ACTIVITY: ("count", "distinct_types", "types", "types_truncated", "first_event_at",
-                    "last_event_at", "revision"),
-    SEGMENT_STATS: ("count", "value_sum", "revision"),
+    d.name: d.value_columns for d in DEFINITIONS if "mysql" in d.sinks
 }
 
 #: Server errors caused by a row's data: permanent for that row, so bisect and reject.
@@ -64,11 +61,6 @@ CONFIG_ERRNOS: Final = frozenset({1044, 1045, 1049, 1054, 1064, 1142, 1146, 1227
 
 #: Strict mode so bad values fail instead of being silently truncated.
 _SQL_MODE: Final = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
-
-
-def naive_utc(ms: int) -> datetime:
-    """UTC epoch ms as the naive UTC datetime the driver sends (DATETIME has no zone)."""
-    return (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
 
 
 def upsert_sql(table: str) -> str:
@@ -92,28 +84,14 @@ def upsert_sql(table: str) -> str:
 
 def row_params(row: Row, updated_at: datetime) -> tuple[Any, ...]:
     """Driver parameters of one row; ``KeyError``/``TypeError``/``ValueError`` if malformed."""
-    v = row.values
-    if row.table == EVENT_STATS:
-        values: tuple[Any, ...] = (int(v["count"]), int(v["value_count"]),
-                                   float(v["value_sum"]), _opt_float(v["value_min"]),
-                                   _opt_float(v["value_max"]))
-    elif row.table == USER_ACTIVITY:
-        types = sorted({str(t) for t in v["types"]})
-        values = (int(v["count"]), len(types), ",".join(types),
-                  bool(v.get("types_truncated", False)), naive_utc(int(v["first_ts"])),
-                  naive_utc(int(v["last_ts"])))
-    elif row.table == SEGMENT_STATS:
-        values = (int(v["count"]), float(v["value_sum"]))
-    else:
+    defn = BY_NAME.get(row.table)
+    if defn is None or "mysql" not in defn.sinks:
         raise ValueError(f"unknown table {row.table!r}")
+    values = defn.params(row.values)
     if len(row.key) != len(KEY_COLUMNS[row.table]):
         raise ValueError(f"{row.table} needs key {KEY_COLUMNS[row.table]}, got {row.key!r}")
     return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values,
             int(row.revision), row.final, updated_at)
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def classify(exc: BaseException) -> Exception:
@@ -139,7 +117,8 @@ def classify(exc: BaseException) -> Exception:
 
 
 class MySQLSink(Sink):
-    """Writes all three tables; the pool is created on demand and after every outage."""
+    """Writes every aggregate whose definition names this sink; the pool is created on
+    demand and after every outage."""
 
     name = "mysql"
 

@@ -11,16 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-EVENT_STATS: Final = "event_stats"
-USER_ACTIVITY: Final = "user_activity"
-SEGMENT_STATS: Final = "segment_stats"
+from collector.aggregates import DEFINITIONS
+from collector.aggregates import EVENT_STATS as _EVENT_STATS
+from collector.aggregates import SEGMENT_STATS as _SEGMENT_STATS
+from collector.aggregates import USER_ACTIVITY as _USER_ACTIVITY
 
-#: Key columns of each table, in the order of ``Row.key``.
-KEY_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    EVENT_STATS: ("source", "type"),
-    USER_ACTIVITY: ("user_id",),
-    SEGMENT_STATS: ("segment", "country"),
-}
+EVENT_STATS: Final = _EVENT_STATS.name
+USER_ACTIVITY: Final = _USER_ACTIVITY.name
+SEGMENT_STATS: Final = _SEGMENT_STATS.name
+
+#: Key columns of each table, in the order of ``Row.key`` (from the definitions).
+KEY_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {d.name: d.key_names for d in DEFINITIONS}
 
 #: (table, window_start_ms, window_seconds, key): what one stored row is identified by.
 Ident = tuple[str, int, int, tuple[str, ...]]
@@ -30,10 +31,9 @@ Ident = tuple[str, int, int, tuple[str, ...]]
 class Row:
     """One window aggregate.
 
-    ``values`` per table: event_stats {count, value_count, value_sum, value_min|None,
-    value_max|None}; user_activity {count, types (sorted distinct), first_ts, last_ts
-    (UTC epoch ms)}; segment_stats {count, value_sum}.  ``latest_event_ms`` is the newest
-    event in the window, for the end-to-end latency metric.  ``revision`` counts the
+    ``values``: the definition's outputs (``Aggregate.row_values``), e.g. event_stats
+    {count, value_count, value_sum, value_min|None, value_max|None}.  ``latest_event_ms``
+    is the newest event in the window, for the end-to-end latency metric.  ``revision`` counts the
     corrections of a final row by late events (0: as first written final).
     """
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from collector.aggregates import DEFINITIONS, Aggregate, KeyField
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TIME_DOC = "RFC 3339 with an offset (2026-01-01T00:00:00Z) or epoch milliseconds."
 
@@ -68,8 +70,6 @@ def _windows(key: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_NUM = {"type": "number"}
-_NUM_OR_NULL = {"type": "number", "nullable": True}
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
 
@@ -82,29 +82,30 @@ def _query_op(summary: str, params: list[dict[str, Any]], schema: dict[str, Any]
                                   **_QUERY_ERRORS}}}
 
 
+def _key_param(key: KeyField, route: str, sources: list[str]) -> dict[str, Any]:
+    """A key field as a path parameter (when the route names it) or a query filter."""
+    if f"{{{key.name}}}" in route:
+        return {"name": key.name, "in": "path", "required": True,
+                "schema": {"type": "string", **({"pattern": key.pattern} if key.pattern else {})}}
+    schema: dict[str, Any] = {}
+    if key.sources:
+        schema["enum"] = list(sources)
+    if key.pattern:
+        schema["pattern"] = key.pattern
+    return _query_param(key.name, key.doc, **schema)
+
+
+def _aggregate_op(defn: Aggregate, sources: list[str]) -> dict[str, Any]:
+    """The query endpoint of an aggregate, from its definition."""
+    return _query_op(f"{defn.name} windows ({defn.window}) {defn.summary}",
+                     [_key_param(k, defn.route, sources) for k in defn.keys],
+                     _windows({k: _STR for k in defn.key_names}, defn.values_schema()))
+
+
 def openapi_document(sources: list[str]) -> dict[str, Any]:
     """The document for a worker configured with ``sources``."""
-    stats_values = {"count": _INT, "value_count": _INT, "value_sum": _NUM,
-                    "value_min": _NUM_OR_NULL, "value_max": _NUM_OR_NULL}
-    paths: dict[str, Any] = {
-        "/api/v1/stats/events": _query_op(
-            "event_stats windows (tumbling) per source and type",
-            [_query_param("source", "Only this source.", enum=list(sources)),
-             _query_param("type", "Only this event type.", pattern="^[a-z][a-z0-9_.]{0,63}$")],
-            _windows({"source": _STR, "type": _STR}, stats_values)),
-        "/api/v1/segments": _query_op(
-            "segment_stats windows (hopping) per segment and country",
-            [_query_param("segment", "Only this segment."),
-             _query_param("country", "Only this country.")],
-            _windows({"segment": _STR, "country": _STR}, {"count": _INT, "value_sum": _NUM})),
-        "/api/v1/users/{user_id}/activity": _query_op(
-            "user_activity windows (tumbling) of one user",
-            [{"name": "user_id", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,64}$"}}],
-            _windows({"user_id": _STR},
-                     {"count": _INT, "types": {"type": "array", "items": _STR},
-                      "types_truncated": {"type": "boolean"},
-                      "first_ts": _INT, "last_ts": _INT})),
+    paths: dict[str, Any] = {d.route: _aggregate_op(d, sources) for d in DEFINITIONS}
+    paths.update({
         "/api/v1/events/{source}": {"post": {
             "summary": "Ingest events (one object, an array, NDJSON, or a protobuf "
                        "collector.v1.Event or Envelope) onto a raw topic",
@@ -170,7 +171,7 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
         "/api/openapi.json": {"get": {
             "summary": "This document", "tags": ["ops"],
             "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document.")}}},
-    }
+    })
     return {
         "openapi": "3.0.3",
         "info": {"title": "collector", "version": "1",

@@ -15,14 +15,9 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from collector.engine.windows import (
-    EVENT_STATS,
-    SEGMENT_STATS,
-    USER_ACTIVITY,
-    WindowSpec,
-    combine,
-    row_values,
-)
+from collector.aggregates import BY_NAME, DEFINITIONS, WindowSpec
+from collector.aggregates.definition import epoch_ms, naive_utc
+from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY
 from collector.models.contract import TYPE_RE, USER_ID_RE
 from collector.models.validate import parse_rfc3339_ms
 
@@ -36,11 +31,8 @@ _EPOCH_MS_RE = re.compile(r"[0-9]{1,16}")
 HISTORY_LIMIT = 100_000
 _ONE_MS = timedelta(milliseconds=1)
 
-KEY_NAMES: dict[str, tuple[str, ...]] = {
-    EVENT_STATS: ("source", "type"),
-    SEGMENT_STATS: ("segment", "country"),
-    USER_ACTIVITY: ("user_id",),
-}
+#: key names of each table, from the definitions
+KEY_NAMES: dict[str, tuple[str, ...]] = {d.name: d.key_names for d in DEFINITIONS}
 
 
 class ParamError(ValueError):
@@ -174,7 +166,7 @@ def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
         "window_end": rfc3339(spec.end(ws)),
         "window_start_ms": ws,
         "key": dict(zip(KEY_NAMES[table], key, strict=True)),
-        "values": row_values(table, agg),
+        "values": BY_NAME[table].row_values(agg),
         "final": final,
     }
 
@@ -199,7 +191,7 @@ def merged_windows(
         assert isinstance(partition, int)
         if partition not in marks:
             marks[partition] = close_mark(partition)
-        agg = combine(query.table, list(value["slots"].values()))
+        agg = BY_NAME[query.table].combine(list(value["slots"].values()))
         final = spec.is_closed(value["ws"], marks[partition])
         out.append(window(query.table, spec, value["key"], value["ws"], agg, final))
     return sort_windows(out)
@@ -247,23 +239,10 @@ def response(query: Query, spec: WindowSpec, windows: list[dict[str, Any]],
 # ------------------------------------------------------------ history (sink rows)
 
 #: Value columns the history SELECT reads per table, in order, after window_start, the
-#: key columns and before ``final``.
+#: key columns and before ``final`` (from the definitions: the columns that store a value).
 HISTORY_COLUMNS: dict[str, tuple[str, ...]] = {
-    EVENT_STATS: ("count", "value_count", "value_sum", "value_min", "value_max"),
-    SEGMENT_STATS: ("count", "value_sum"),
-    USER_ACTIVITY: ("count", "types", "first_event_at", "last_event_at", "types_truncated"),
+    d.name: tuple(c.name for c in d.history_columns) for d in DEFINITIONS if "mysql" in d.sinks
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def naive_utc(ms: int) -> datetime:
-    """The naive UTC datetime the driver compares DATETIME columns with."""
-    return (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
-
-
-def _ms(moment: datetime) -> int:
-    """Epoch ms of a naive-UTC DATETIME from the driver."""
-    return (moment.replace(tzinfo=UTC) - _EPOCH) // _ONE_MS
 
 
 def history_sql(query: Query, window_seconds: int) -> tuple[str, list[Any]]:
@@ -284,20 +263,9 @@ def history_sql(query: Query, window_seconds: int) -> tuple[str, list[Any]]:
 def history_window(table: str, spec: WindowSpec, row: Sequence[Any]) -> dict[str, Any]:
     """One SELECT row of :func:`history_sql` as a response window."""
     nkeys = len(KEY_NAMES[table])
-    ws = _ms(row[0])
+    ws = epoch_ms(row[0])
     key = [str(k) for k in row[1:1 + nkeys]]
-    raw = list(row[1 + nkeys:-1])
-    values: dict[str, Any]
-    if table == USER_ACTIVITY:
-        count, types, first, last, truncated = raw
-        values = {"count": int(count), "types": [t for t in str(types).split(",") if t],
-                  "first_ts": _ms(first), "last_ts": _ms(last),
-                  "types_truncated": bool(truncated)}
-    else:
-        values = dict(zip(HISTORY_COLUMNS[table], raw, strict=True))
-        for name, value in values.items():
-            if value is not None:
-                values[name] = int(value) if name.endswith("count") else float(value)
+    values = BY_NAME[table].history_values(list(row[1 + nkeys:-1]))
     return {
         "window_start": rfc3339(ws),
         "window_end": rfc3339(spec.end(ws)),

@@ -24,8 +24,8 @@ HOUR_MS = 3_600_000
 @pytest.fixture
 def specs() -> Specs:
     """Grace 60 s, allowed lateness 1 h, state kept 2 h: the shipped defaults."""
-    return Specs(WindowSpec.tumbling(60, 60, 3600), WindowSpec.tumbling(60, 60, 3600),
-                 WindowSpec.hopping(300, 60, 60, 3600), expires_ms=2 * HOUR_MS,
+    return Specs(WindowSpec.tumbling(60, 60, 3600), WindowSpec.hopping(300, 60, 60, 3600),
+                 expires_ms=2 * HOUR_MS,
                  dedupe_ms=900_000)
 
 

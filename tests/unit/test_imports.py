@@ -84,7 +84,7 @@ ALLOWED: dict[str, set[str]] = {
     "drivers": {"config"},
     "models": {"config"},
     "engine": {"config", "models", "sinks", "aggregates", "observability", "enrichment"},
-    "aggregates": {"config", "models", "sinks"},
+    "aggregates": {"config"},
     "sinks": {"config", "models", "aggregates", "observability", "drivers"},
     "enrichment": {"config", "models", "drivers"},
     "kafka": {"config"},

@@ -19,7 +19,6 @@ import pytest
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-import collector.engine.aggregator as aggregator_module
 from collector.adapters.output import Batches, KafkaOutput
 from collector.config import load_settings
 from collector.engine.aggregator import Aggregator, Specs, user_key
@@ -200,11 +199,14 @@ async def test_a_bug_after_counting_is_not_dead_lettered(
     [u1] = users_on(0, 1)
     now = int(time.time() * 1000)
 
-    def broken_stats(agg: Any, value: Any, ts: int) -> None:
+    def broken_stats(agg: Any, event: Any, ts: int) -> None:
         raise KeyError("event_stats bug")
 
     # user_activity is folded first, then event_stats raises: the event is counted
-    monkeypatch.setattr(aggregator_module, "add_stats", broken_stats)
+    # (the folds are chosen when the aggregator is built: swap event_stats' own)
+    plans = tuple((*p[:-1], broken_stats) if p[0] == "event_stats" else p
+                  for p in aggregator._partials)
+    monkeypatch.setattr(aggregator, "_partials", plans)
     result = await processor.process_safely(records([event("e1", u1, now)]), broker)
     assert counted(aggregator, u1, now) == 1
     assert result.dead_letters == 0

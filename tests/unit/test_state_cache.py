@@ -84,8 +84,7 @@ def test_delete_drops_the_cached_value_and_the_bound_holds() -> None:
 
 @pytest.fixture
 def specs() -> Specs:
-    return Specs(WindowSpec.tumbling(60, 60), WindowSpec.tumbling(60, 60),
-                 WindowSpec.hopping(300, 60, 60))
+    return Specs(WindowSpec.tumbling(60, 60), WindowSpec.hopping(300, 60, 60))
 
 
 def event(user: str, ts: int) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""The aggregator's view of the aggregates: each one's window (by kind, from settings)
+and the per-aggregate plan its hot path unpacks, chosen once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from collector.aggregates import DEFINITIONS, Aggregate, WindowSpec, window_specs
+from collector.aggregates.definition import Fold
+from collector.aggregates.measures import DistinctValues
+from collector.config import Settings
+
+
+@dataclass(slots=True)
+class Specs:
+    """The window of each kind, from settings, the state horizons, and the aggregates
+    (their definitions say which window kind each uses)."""
+
+    tumbling: WindowSpec
+    hopping: WindowSpec
+    #: age of a window start, by its slot's close mark, after which its state is gone
+    expires_ms: int = 7_200_000
+    #: event time past a window's end during which repeated event ids are recognised
+    dedupe_ms: int = 900_000
+    #: distinct types a user window keeps
+    max_user_types: int = 30
+    aggregates: tuple[Aggregate, ...] = DEFINITIONS
+    #: the per-user aggregate: final in the raw worker, and the event-id dedupe
+    anchor: Aggregate = field(init=False, repr=False)
+    _by_table: dict[str, WindowSpec] = field(init=False, repr=False)
+    _defs: dict[str, Aggregate] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kinds = {"tumbling": self.tumbling, "hopping": self.hopping}
+        self._defs = {a.name: a for a in self.aggregates}
+        self._by_table = {a.name: kinds[a.window] for a in self.aggregates}
+        users = [a.name for a in self.aggregates if a.per_user]
+        if len(users) != 1:
+            raise ValueError(f"exactly one per-user aggregate is supported, got {users}")
+        self.anchor = next(a for a in self.aggregates if a.per_user)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Specs:
+        w = settings.windows
+        kinds = window_specs(settings)
+        return cls(
+            kinds["tumbling"],
+            kinds["hopping"],
+            expires_ms=w.expires_seconds * 1000,
+            dedupe_ms=min(w.dedupe_seconds, w.allowed_lateness_seconds) * 1000,
+            max_user_types=w.max_user_types,
+        )
+
+    def definition(self, table: str) -> Aggregate:
+        return self._defs[table]
+
+    def for_table(self, table: str) -> WindowSpec:
+        return self._by_table[table]
+
+    @property
+    def user(self) -> WindowSpec:
+        """The window of the per-user aggregate."""
+        return self._by_table[self.anchor.name]
+
+    def is_gone(self, table: str, start: int, stream_time: int, retired: int) -> bool:
+        """No event can update this window any more: too late for the slot's stream time,
+        or its state expired (``retired``: the highest close mark the slot ever sent)."""
+        return (self._by_table[table].is_late(start, stream_time)
+                or start + self.expires_ms <= retired)
+
+
+#: what ``Aggregator._fold`` needs of one partial aggregate, unpacked once per event:
+#: (name, hopping, size_ms + lateness_ms, step_ms, spec, key getter, fold)
+Plan = tuple[str, bool, int, int, WindowSpec, Callable[[dict[str, Any]], Any], Fold]
+
+
+def _key_getter(defn: Aggregate) -> Callable[[dict[str, Any]], Any]:
+    """The key of an event: the value itself for a per-user aggregate (its one field),
+    a tuple otherwise; C-level ``itemgetter`` where every field is required."""
+    keys = defn.keys
+    if defn.per_user:
+        if len(keys) != 1 or keys[0].default is not None:
+            raise ValueError(f"{defn.name}: a per-user aggregate has one required key")
+        return itemgetter(keys[0].name)
+    if len(keys) > 1 and all(k.default is None for k in keys):
+        return itemgetter(*(k.name for k in keys))
+    if len(keys) == 2:
+        (a, da), (b, db) = ((k.name, k.default) for k in keys)
+        return lambda e: (e.get(a, da), e.get(b, db))
+    return defn.key_of
+
+
+def required_fields(aggregates: tuple[Aggregate, ...]) -> tuple[str, ...]:
+    """Fields every event must have: ts, event_id, the per-user key, the other keys
+    without a default, the fields of distinct-value measures."""
+    names = ["ts", "event_id"]
+    ordered = sorted(aggregates, key=lambda a: not a.per_user)
+    names += [k.name for a in ordered for k in a.keys if k.default is None]
+    names += [m.field for a in ordered for m in a.measures if isinstance(m, DistinctValues)]
+    return tuple(dict.fromkeys(names))
+
+
+def plan(specs: Specs, defn: Aggregate) -> Plan:
+    spec = specs.for_table(defn.name)
+    return (defn.name, spec.step_ms != spec.size_ms, spec.size_ms + spec.lateness_ms,
+            spec.step_ms, spec, _key_getter(defn), defn.bound(specs.max_user_types).compile())
