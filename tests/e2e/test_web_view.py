@@ -8,7 +8,9 @@ with ``COLLECTOR_UPDATE_SCREENSHOT=1`` it also replaces ``docs/web-view.png``.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -41,6 +43,7 @@ class Elements(HTMLParser):
         self.rows: list[dict[str, str]] = []
         self.tags: list[str] = []
         self.series: list[dict[str, str]] = []  # legend entries, in order
+        self.ticks: dict[str, list[float]] = {"x": [], "y": []}  # chart axis ticks, in order
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -51,6 +54,9 @@ class Elements(HTMLParser):
             self.rows.append(values)
         if "data-series" in values:
             self.series.append(values)
+        for axis in ("x", "y"):
+            if f"data-tick-{axis}" in values:
+                self.ticks[axis].append(float(values[f"data-tick-{axis}"]))
 
     def rows_with(self, attr: str) -> dict[str, dict[str, str]]:
         return {row[attr]: row for row in self.rows if attr in row}
@@ -190,6 +196,20 @@ async def test_web_view_renders_the_api_numbers(
                 assert total == sum(w["values"]["count"] for w in windows["windows"]
                                     if f"{w['key']['source']}|{w['key']['type']}" == key)
         assert ("more-series" in ids) == (len(page.rows_with("data-key")) > len(legend))
+        # axes a reader can take in: no label cut off, counts on round whole steps from 0
+        # up to at least the tallest point, times on whole windows
+        assert ids["windows-chart"]["data-clipped"] == "", "chart labels outside the chart"
+        yticks, xticks = page.ticks["y"], page.ticks["x"]
+        steps = {b - a for a, b in itertools.pairwise(yticks)}
+        assert yticks[0] == 0 and len(steps) == 1 and len(yticks) <= 6, yticks
+        (step,) = steps
+        assert step >= 1 and step / 10 ** math.floor(math.log10(step)) in {1, 2, 2.5, 5}, step
+        ours_shown = [w["values"]["count"] for w in windows["windows"]
+                      if f"{w['key']['source']}|{w['key']['type']}" in dict(legend)
+                      and w["key"]["source"] in settings.kafka.sources]
+        assert max(ours_shown, default=0) <= yticks[-1], (ours_shown, yticks)
+        window_ms = windows["window_seconds"] * 1000
+        assert 0 < len(xticks) <= 6 and all(t % window_ms == 0 for t in xticks), xticks
 
     assert ids["cards"]["data-overflow"] == "", "cards wider than their box at 1280 px"
     assert "updated " in dom and " UTC" in dom
