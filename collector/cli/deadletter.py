@@ -10,9 +10,10 @@ import sys
 from typing import Any
 
 from collector.config import Settings
+from collector.models.contract import Reason
 
-REASONS = ("malformed_json", "schema_violation", "too_large", "late", "sink_rejected",
-           "internal_error")
+#: every dead-letter reason (the protobuf and version ones were missing: not selectable)
+REASONS = tuple(reason.value for reason in Reason)
 
 
 def _selection(args: argparse.Namespace) -> Any:

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,8 +153,19 @@ def _contract_proto(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, _settings: Settings) -> int:
-    argv = ["faust", "-A", "collector", "worker", "-l", args.loglevel, *args.faust_args]
-    os.execvp(argv[0], argv)
+    # the faust beside this interpreter: `.venv/bin/collector worker` works without an
+    # activated venv (execvp("faust") looked only on PATH and died with a traceback)
+    beside = Path(sys.executable).with_name("faust")
+    faust = str(beside) if beside.is_file() else shutil.which("faust")
+    if faust is None:
+        print(f"collector worker: no faust beside {sys.executable} nor on PATH",
+              file=sys.stderr)
+        return 2
+    extra = list(args.faust_args)
+    if extra[:1] == ["--"]:  # argparse keeps the separator that lets options through
+        extra = extra[1:]
+    argv = [faust, "-A", "collector", "worker", "-l", args.loglevel, *extra]
+    os.execv(faust, argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-l", "--loglevel", default="info",
                         help="log level: debug, info, warning, error (default info)")
     worker.add_argument("faust_args", nargs=argparse.REMAINDER,
-                        help="passed on to faust's worker command")
+                        help="passed on to faust's worker command; options after --, "
+                             "e.g. collector worker -- --web-port 6067")
     worker.set_defaults(func=_worker)
     return parser
 

@@ -37,6 +37,7 @@ from collector.models.proto import (
     JSON,
     PROTOBUF_EVENT,
     declared_content_type,
+    declared_version,
     decode_record,
 )
 from collector.observability import Metrics, tracing
@@ -198,6 +199,8 @@ class RawProcessor:
                     reject, source=source, topic=record.topic, partition=record.partition,
                     offset=record.offset, raw=record.value, received_at_ms=now_ms,
                     content_type=declared_content_type(record.headers, default or JSON),
+                    schema_version=declared_version(record.headers)
+                    if reject.reason is Reason.UNSUPPORTED_VERSION else None,
                 )
                 headers = [(DEADLETTER_REASON_HEADER, reject.reason.value.encode())]
                 outgoing.append((deadletter_topic, record.key, payload, headers, None))

@@ -178,22 +178,24 @@ def _record(
     offset: int,
     received_at_ms: int,
     content_type: str = JSON_CONTENT_TYPE,
+    schema_version: str | None = None,
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "reason": str(reason),
-            "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors],
-            "source": source,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "received_at": format_ms(received_at_ms),
-            "index": index,
-            "payload": payload[0],
-            "payload_encoding": payload[1],
-            "content_type": content_type,
-        }
-    )
+    record: dict[str, Any] = {
+        "reason": str(reason),
+        "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors],
+        "source": source,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "received_at": format_ms(received_at_ms),
+        "index": index,
+        "payload": payload[0],
+        "payload_encoding": payload[1],
+        "content_type": content_type,
+    }
+    if schema_version is not None:  # only an unsupported_version letter has one
+        record["schema_version"] = schema_version
+    return orjson.dumps(record)
 
 
 def dead_letter_record(
@@ -206,6 +208,7 @@ def dead_letter_record(
     raw: bytes | None,
     received_at_ms: int,
     content_type: str = JSON_CONTENT_TYPE,
+    schema_version: str | None = None,
 ) -> bytes:
     """The JSON dead-letter record for a reject from :func:`decode_message`.
 
@@ -241,6 +244,7 @@ def dead_letter_record(
         offset,
         received_at_ms,
         content_type,
+        schema_version,
     )
 
 

@@ -121,6 +121,16 @@ def declared_content_type(headers: Headers | None, default: MediaType = JSON) ->
     return media.content_type if isinstance(media, MediaType) else JSON_CONTENT_TYPE
 
 
+def declared_version(headers: Headers | None) -> str | None:
+    """The ``collector-schema`` a message declares, as text (None: none, so version 1).
+
+    An ``unsupported_version`` dead letter keeps it, so that a replay once the workers
+    read that version sends it again instead of passing the message off as version 1.
+    """
+    version = read_headers(headers)[1] if headers else None
+    return None if version is None else version.decode("utf-8", "replace")[:40]
+
+
 def decode_record(
     value: bytes | None,
     key: bytes | None,
@@ -258,6 +268,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "MediaType",
     "declared_content_type",
+    "declared_version",
     "decode_protobuf",
     "decode_record",
     "event_obj",

@@ -55,6 +55,8 @@ class DeadLetter:
     payload: bytes | None
     #: the content type to replay the payload with (JSON when the record predates it)
     content_type: str = "application/json"
+    #: an unsupported_version letter's collector-schema, sent again with its bytes
+    schema_version: str | None = None
 
     @classmethod
     def parse(cls, partition: int, offset: int, timestamp_ms: int, key: bytes | None,
@@ -71,7 +73,8 @@ class DeadLetter:
                        str(record["source"]), str(record["topic"]),
                        int(record.get("partition", -1)), int(record.get("offset", -1)),
                        record.get("index"), list(record.get("errors") or []), payload,
-                       str(record.get("content_type") or "application/json"))
+                       str(record.get("content_type") or "application/json"),
+                       record.get("schema_version"))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -309,11 +312,15 @@ async def replay(settings: Settings, selection: Selection, *,
                                             "send": value[:200].decode("utf-8", "replace")})
                 continue
             origin = f"{settings.kafka.deadletter_topic}/{dead.partition}/{dead.offset}"
-            # unchanged bytes keep their format (protobuf too); a transform's are JSON
-            content_type = dead.content_type if value == dead.payload else "application/json"
+            # unchanged bytes keep their format (protobuf too) and contract version; a
+            # transform's are JSON of the current version
+            unchanged = value == dead.payload
+            content_type = dead.content_type if unchanged else "application/json"
             headers = [(REPLAYED_FROM_HEADER, origin.encode()),
                        (REPLAY_ID_HEADER, summary.replay_id.encode()),
                        ("content-type", content_type.encode())]
+            if unchanged and dead.schema_version is not None:
+                headers.append(("collector-schema", dead.schema_version.encode()))
             pending.append(await producer.send(topic, value, key=dead.key, headers=headers))
             if len(pending) >= 1000:
                 await _settle(pending)

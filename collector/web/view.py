@@ -30,7 +30,9 @@ def summary(rt: Runtime) -> dict[str, object]:
         rt.metrics, now=now, history=rt.history, sink_health=rt.sinks.health(),
         lag=rt.lag.partitions, ready={"ready": ready, "reasons": body["reasons"]},
     ) | {"worker": {"app": rt.settings.app.id,
-                   "url": str(rt.app.conf.canonical_url)}}
+                   "url": str(rt.app.conf.canonical_url),
+                   # the page charts these sources' windows only: MySQL may hold others'
+                   "sources": list(rt.settings.kafka.sources)}}
 
 
 @blueprint.route("/", name="index")

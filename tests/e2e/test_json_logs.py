@@ -50,6 +50,14 @@ async def test_worker_log_lines_and_progress(
         return "progress: 30 events consumed" in worker.text(), worker.text()[-500:]
 
     await until(progressed, 40, "the progress line")
+    # a record the worker cannot use is logged with where it is: a broken partial
+    # (our own topic, so nothing else notices it) makes the merge agent log one
+    await produce(settings, settings.kafka.partials_topic, [(b"u0", b"not a partial")])
+
+    async def located() -> tuple[bool, Any]:
+        return "bad partial at" in worker.text(), worker.text()[-500:]
+
+    await until(located, 40, "the bad partial's log line")
     parsed, other = records(worker.text())
     if log_format == "text":
         assert not parsed, parsed[:3]
@@ -62,5 +70,11 @@ async def test_worker_log_lines_and_progress(
     (progress,) = [r for r in parsed if r["message"].startswith("progress:")][:1]
     assert progress["logger"] == "collector.agents.windows"
     assert progress["progress"]["consumed"] == 30 and progress["progress"]["valid"] == 30
+    (bad,) = [r for r in parsed if r["message"].startswith("bad partial at")]
+    assert bad["level"] == "ERROR" and bad["topic"] == settings.kafka.partials_topic, bad
+    assert isinstance(bad["partition"], int) and isinstance(bad["offset"], int), bad
+    assert bad["message"] == f"bad partial at {bad['topic']}[{bad['partition']}]@{bad['offset']}"
+    assert "JSONDecodeError" in bad["exc_info"] and "\n" in bad["exc_info"], bad
+    print(f"\n[json-log] {json.dumps(progress)}\n[json-log] {json.dumps(bad)}", flush=True)
     # Faust's start-up banner goes to stdout, the log to stderr: no text log lines here
     assert all(not line.startswith("[20") for line in other), other[:5]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -171,8 +172,24 @@ async def test_protobuf_and_json_events_end_up_in_the_same_rows(
     assert (bad["payload_encoding"], bad["content_type"]) == ("base64", "application/x-protobuf")
     assert base64.b64decode(bad["payload"]) == malformed
     assert base64.b64decode(letters["unsupported_version"]["payload"]) == v2
+    assert letters["unsupported_version"]["schema_version"] == "2"
     dups = await metric(worker, "collector_events_duplicate_total", source)
     assert dups == 1  # P's e1 as JSON: the same event as its protobuf twin
+
+    # replayed as is, the version 2 message goes back with its version: this worker still
+    # reads only version 1, so it is dead-lettered again instead of counted as version 1
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "collector.cli.main", "deadletter", "replay",
+                         "--reason", "unsupported_version", "--json"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout)["replayed"] == 1, proc.stdout
+    records = await read_until(settings, [settings.kafka.deadletter_topic],
+                               lambda recs: len(recs) >= 3, limit_s=60)
+    assert [orjson.loads(r.value)["reason"] for r in records].count("unsupported_version") == 2
+    again = orjson.loads(records[-1].value)
+    assert (again["reason"], again["schema_version"]) == ("unsupported_version", "2")
+    assert base64.b64decode(again["payload"]) == v2
 
 
 async def worker_produce(settings: Settings, source: str,

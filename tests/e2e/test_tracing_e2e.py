@@ -93,13 +93,25 @@ async def test_ingest_process_and_sink_write_spans_form_one_trace(
         for one in (ingest, process, write):
             print(f"\n[tracing] {one.name} trace={one.trace_id.hex()} span={one.span_id.hex()} "
                   f"parent={one.parent_span_id.hex() or '-'} links="
-                  f"{[link.span_id.hex() for link in one.links]} "
-                  f"{(one.end_time_unix_nano - one.start_time_unix_nano) / 1e6:.1f} ms",
-                  flush=True)
+                  f"{[(link.trace_id.hex(), link.span_id.hex()) for link in one.links]} "
+                  f"{(one.end_time_unix_nano - one.start_time_unix_nano) / 1e6:.1f} ms "
+                  f"attributes={attributes_of(one)}", flush=True)
         assert ingest.parent_span_id.hex() == client_span
         assert process.parent_span_id == ingest.span_id
-        attributes = {a.key: a.value for a in process.attributes}
-        assert attributes["messaging.destination.name"].string_value == \
-            settings.kafka.raw_topic(settings.kafka.sources[0])
+        source = settings.kafka.sources[0]
+        assert attributes_of(ingest) == {"collector.source": source, "collector.accepted": 1,
+                                         "collector.rejected": 0}
+        attributes = attributes_of(process)
+        assert attributes["messaging.destination.name"] == settings.kafka.raw_topic(source)
+        assert attributes["messaging.system"] == "kafka"
+        assert {"messaging.kafka.destination.partition",
+                "messaging.kafka.message.offset"} <= attributes.keys()
+        assert attributes_of(write)["collector.sink"] in {"mysql", "influxdb"}
+        assert attributes_of(write)["collector.rows"] >= 1
     finally:
         await runner.cleanup()
+
+
+def attributes_of(span: Any) -> dict[str, Any]:
+    """An exported span's attributes as plain values (OTLP wraps each in an AnyValue)."""
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}

@@ -8,7 +8,9 @@ with ``COLLECTOR_UPDATE_SCREENSHOT=1`` it also replaces ``docs/web-view.png``.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from typing import Any
 import orjson
 import pytest
 
+from collector.config import Settings
+from collector.db import connect
 from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
 from tests.e2e.tools import ROOT, get, keep_artifact
@@ -41,6 +46,7 @@ class Elements(HTMLParser):
         self.rows: list[dict[str, str]] = []
         self.tags: list[str] = []
         self.series: list[dict[str, str]] = []  # legend entries, in order
+        self.ticks: dict[str, list[float]] = {"x": [], "y": []}  # chart axis ticks, in order
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {k: v or "" for k, v in attrs}
@@ -51,6 +57,9 @@ class Elements(HTMLParser):
             self.rows.append(values)
         if "data-series" in values:
             self.series.append(values)
+        for axis in ("x", "y"):
+            if f"data-tick-{axis}" in values:
+                self.ticks[axis].append(float(values[f"data-tick-{axis}"]))
 
     def rows_with(self, attr: str) -> dict[str, dict[str, str]]:
         return {row[attr]: row for row in self.rows if attr in row}
@@ -125,6 +134,10 @@ async def test_web_view_renders_the_api_numbers(
     assert denied.value.code == 401  # the API needs the token; the page passes ?token=
     expected = wait_settled(base, consumed=41)
     assert expected["totals"] == {"consumed": 41, "valid": 36, "dead_lettered": 5}
+    # a row another deployment (or a benchmark) wrote to the same database, bigger than
+    # all of ours: the page must leave it out, or it takes the chart over
+    foreign = "x" + uuid.uuid4().hex[:8]
+    await foreign_window(settings, foreign, now, "insert")
 
     dom = chromium(browser, tmp_path, "--dump-dom", "--window-size=1280,900",
                    f"{base}/?token={TOKEN}").stdout.decode()
@@ -190,9 +203,27 @@ async def test_web_view_renders_the_api_numbers(
                 assert total == sum(w["values"]["count"] for w in windows["windows"]
                                     if f"{w['key']['source']}|{w['key']['type']}" == key)
         assert ("more-series" in ids) == (len(page.rows_with("data-key")) > len(legend))
+        assert any(w["key"]["source"] == foreign for w in windows["windows"])  # in the API
+        assert {k.split("|")[0] for k in page.rows_with("data-key")} | {
+            k.split("|")[0] for k, _ in legend} <= set(settings.kafka.sources)
+        # axes a reader can take in: no label cut off, counts on round whole steps from 0
+        # up to at least the tallest point, times on whole windows
+        assert ids["windows-chart"]["data-clipped"] == "", "chart labels outside the chart"
+        yticks, xticks = page.ticks["y"], page.ticks["x"]
+        steps = {b - a for a, b in itertools.pairwise(yticks)}
+        assert yticks[0] == 0 and len(steps) == 1 and len(yticks) <= 6, yticks
+        (step,) = steps
+        assert step >= 1 and step / 10 ** math.floor(math.log10(step)) in {1, 2, 2.5, 5}, step
+        ours_shown = [w["values"]["count"] for w in windows["windows"]
+                      if f"{w['key']['source']}|{w['key']['type']}" in dict(legend)
+                      and w["key"]["source"] in settings.kafka.sources]
+        assert max(ours_shown, default=0) <= yticks[-1], (ours_shown, yticks)
+        window_ms = windows["window_seconds"] * 1000
+        assert 0 < len(xticks) <= 6 and all(t % window_ms == 0 for t in xticks), xticks
 
     assert ids["cards"]["data-overflow"] == "", "cards wider than their box at 1280 px"
     assert "updated " in dom and " UTC" in dom
+    await foreign_window(settings, foreign, now, "delete")
 
     shot = tmp_path / "web-view.png"
     chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,900",
@@ -202,6 +233,19 @@ async def test_web_view_renders_the_api_numbers(
     keep_artifact(tmp_path / "web-view.html")
     if os.environ.get("COLLECTOR_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "web-view.png")
+
+
+async def foreign_window(settings: Settings, source: str, now_ms: int, action: str) -> None:
+    """Write (or remove) one big event_stats row of a source this worker does not read."""
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        if action == "insert":
+            start = datetime.fromtimestamp(now_ms // 60_000 * 60, UTC).replace(tzinfo=None)
+            await cur.execute(
+                "INSERT INTO event_stats (window_start, window_seconds, source, type, count, "
+                "value_count, value_sum, final, updated_at) VALUES (%s, 60, %s, 'foreign', "
+                "1000000, 0, 0, TRUE, %s)", (start, source, start))
+        else:
+            await cur.execute("DELETE FROM event_stats WHERE source = %s", (source,))
 
 
 async def test_web_view_says_when_there_are_no_recent_windows(

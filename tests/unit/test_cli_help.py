@@ -31,3 +31,18 @@ def test_help_has_no_rest_markup() -> None:
         text = parser.format_help()
         assert "``" not in text, name
     assert "deadletter" in build_parser().format_help()
+
+
+def test_worker_runs_the_faust_beside_it_without_an_activated_venv() -> None:
+    """``.venv/bin/collector worker`` with the venv not on PATH (as README's commands run
+    it) must find the venv's faust; it died with FileNotFoundError. ``--help`` after
+    ``--`` goes to faust's worker command, which prints it and exits."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "collector.cli.main", "worker", "--", "--help"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Start worker instance" in proc.stdout, proc.stdout[-2000:]

@@ -41,7 +41,22 @@ def test_parse_reads_what_the_worker_writes() -> None:
     assert parsed.payload == raw  # base64 decoded back to the original bytes
     assert (parsed.reason, parsed.topic, parsed.raw_partition, parsed.raw_offset) == (
         "malformed_json", "collect.raw.web", 2, 9)
+    assert parsed.schema_version is None
     assert DeadLetter.parse(0, 0, 0, None, b"junk") is None
+    versioned = dead_letter_record(
+        Reject(Reason.UNSUPPORTED_VERSION, [{"loc": "headers.collector-schema", "msg": "no"}]),
+        source="web", topic="collect.raw.web", partition=0, offset=1, raw=b"{}",
+        received_at_ms=0, schema_version="2")
+    assert (again := DeadLetter.parse(0, 1, 0, None, versioned)) is not None
+    assert again.schema_version == "2"
+
+
+def test_every_reason_can_be_selected_on_the_command_line() -> None:
+    from collector.cli.main import build_parser
+
+    for reason in Reason:
+        args = build_parser().parse_args(["deadletter", "replay", "--reason", reason.value])
+        assert args.reason == [reason.value]
     assert DeadLetter.parse(0, 0, 0, None, b'{"reason": "late"}') is None
 
 

@@ -80,6 +80,9 @@ async def test_every_route_needs_its_token(client: TestClient[Any, Any], method:
             assert response.status == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"] == "Bearer"
             assert "token" not in (await response.text()).lower().replace("bearer token", "")
+            # the body docs/api.md documents, on every route (ingest had no field)
+            assert await response.json() == {"error": "missing or wrong bearer token",
+                                             "field": "Authorization"}, (method, path)
     response = await client.request(method, path, data=b"{}",
                                     headers={"Authorization": f"Bearer {token}"})
     assert response.status != 401, (method, path)

@@ -169,6 +169,25 @@ def test_stop_terminates(stack_mod: ModuleType) -> None:
     assert not Path(f"/proc/{child.pid}").exists()
 
 
+def test_kafka_probe_before_the_broker_listens_prints_nothing(
+    stack_mod: ModuleType, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``stack up`` probes until the broker answers; aiokafka logs every refused
+    connection at ERROR ('Unable connect to ...'), which a newcomer read as a failure."""
+    import socket
+
+    from aiokafka.errors import KafkaError
+
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises((OSError, KafkaError)):  # not ready: the caller retries
+            stack_mod.probes.kafka("127.0.0.1", port)
+    captured = capfd.readouterr()
+    assert "Unable connect" not in captured.out + captured.err + caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("aiokafka")]
+
+
 def test_a_daemon_whose_log_grows_is_waited_for_past_the_ready_timeout(
     stack_mod: ModuleType, tmp_path: Path
 ) -> None:
