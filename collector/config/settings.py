@@ -196,6 +196,13 @@ class RedisSettings(_Section):
     negative_ttl: int = Field(default=60, ge=1, description="TTL (s) of an unknown-user marker.")
     timeout: float = Field(default=0.25, gt=0, description="Per-call Redis timeout (s).")
     key_prefix: str = Field(default="collector:user:", description="Cache key prefix.")
+    local_ttl: float = Field(
+        default=5.0, ge=0,
+        description="Seconds a worker keeps a profile Redis gave it, in process (0: off). "
+        "An update on the users topic drops it at once; a change made elsewhere (the CLI, "
+        "an update consumed by another worker) is seen within this long.")
+    local_max: int = Field(default=100_000, ge=1,
+                           description="Profiles a worker keeps in process (oldest go first).")
 
 
 class MySQLSettings(_Section):
