@@ -81,13 +81,26 @@ class GuardedTable(faust.Table):  # type: ignore[misc]
         super().apply_changelog_batch(kept)
 
 
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Memtables of ``app.rocksdb_write_buffer_mb``, two per partition's database.
+
+    Faust's defaults (64 MB, three of them, per partition and table) let a worker's peak
+    RSS grow with the events it writes until they are full: 427 MB after 300k events in
+    single mode against 238 MB after 100k; with 8 MB, 276 against 238 (issue 17). The
+    store is rebuilt from the changelog anyway, so smaller memtables only flush sooner.
+    """
+    return {"write_buffer_size": settings.app.rocksdb_write_buffer_mb << 20,
+            "max_write_buffer_number": 2}
+
+
 def create_tables(app: faust.App, settings: Settings) -> Tables:
     partitions = settings.kafka.partitions
+    options = rocksdb_options(settings)
 
     def table(name: str, help: str) -> Any:
         return app.tables.add(GuardedTable(
             app, name=name, default=None, beacon=app.tables.beacon, partitions=partitions,
-            schema=_SCHEMA, help=help))
+            schema=_SCHEMA, help=help, options=dict(options)))
 
     return Tables(
         state=table(STATE_TABLE, "Combiner state: slot watermarks, partials, user windows"),

@@ -78,7 +78,8 @@ class Runtime(mode.Service):
         self.cache = ProfileCache(settings.redis)
         self.repo = UserRepository(settings.mysql)
         self.enricher = Enricher(
-            self.cache, self.repo, lookup_timeout=settings.redis.timeout + settings.mysql.timeout
+            self.cache, self.repo, lookup_timeout=settings.redis.timeout + settings.mysql.timeout,
+            local_ttl=settings.redis.local_ttl, local_max=settings.redis.local_max,
         )
         metrics = self.metrics
         self.output = KafkaOutput(app, health=ProduceHealth(

@@ -196,6 +196,8 @@ class RedisSettings(_Section):
     negative_ttl: int = Field(default=60, ge=1, description="TTL (s) of an unknown-user marker.")
     timeout: float = Field(default=0.25, gt=0, description="Per-call Redis timeout (s).")
     key_prefix: str = Field(default="collector:user:", description="Cache key prefix.")
+    local_ttl: float = Field(default=5.0, ge=0, description="Seconds a worker keeps a profile Redis gave it, in process (0: off). An update on the users topic drops it at once; a change made elsewhere (the CLI, an update consumed by another worker) is seen within this long.")  # noqa: E501
+    local_max: int = Field(default=100_000, ge=1, description="Profiles a worker keeps in process (oldest go first).")  # noqa: E501
 
 
 class MySQLSettings(_Section):
@@ -316,6 +318,7 @@ class AppSettings(_Section):
     id: str = Field(default="collector", description="Faust app id and consumer group.")
     store: Literal["rocksdb", "memory"] = Field(default="rocksdb", description="Table store.")
     datadir: Path = Field(default=Path(".local/faust"), description="Table state directory.")
+    rocksdb_write_buffer_mb: int = Field(default=8, ge=1, description="RocksDB memtable size (MB) per table partition, two per partition. Faust's 64 MB x 3 let the worker's memory grow with the events written.")  # noqa: E501
     standby_replicas: int = Field(default=1, ge=0, description="Table standby replicas.")
     instance_id: str = Field(
         default="", description="Static group membership id (empty: dynamic membership)."

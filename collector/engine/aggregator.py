@@ -96,6 +96,9 @@ class Aggregator:
     #: ts, event_id, the user key, then every other field some key or fold requires
     _required: Callable[[dict[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
     _user_size: int = field(init=False, repr=False)
+    #: (table, topic, partition, key, ws) -> the touched partial, for one apply()
+    _batch_partials: dict[tuple[Any, ...], _Touched] = field(
+        init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         """Choose the folds once, not per event."""
@@ -133,6 +136,7 @@ class Aggregator:
         #: slot key -> highest offset the slot had absorbed before this batch
         absorbed: dict[str, int] = {}
         late: list[Late] = []
+        self._batch_partials = {}
         try:
             for record, event in batch:
                 skey = slot_key(record.topic, record.partition)
@@ -162,6 +166,7 @@ class Aggregator:
             # also when an event raised half-way: every touched value was changed in
             # place (it may be the state's cached object) and carries the offsets it
             # absorbed, so writing it keeps state and offset guards consistent
+            self._batch_partials = {}
             self._write(touched, slots)
         return late
 
@@ -254,15 +259,22 @@ class Aggregator:
         self, touched: dict[str, _Touched], table: str, record: RawRecord,
         key: tuple[str, ...], ws: int,
     ) -> dict[str, Any] | None:
-        pkey = partial_key(table, record.topic, record.partition, key, ws)
-        entry = touched.get(pkey)
+        # a tuple finds the entry again within the batch without building its string
+        # key (six lookups per event with a hopping event_stats; the join cost 2.5%)
+        found = self._batch_partials
+        ident = (table, record.topic, record.partition, key, ws)
+        entry = found.get(ident)
         if entry is None:
-            value = self.state.get(record.partition, pkey)
-            if value is None:
-                value = {"kind": "p", "table": table, "topic": record.topic,
-                         "partition": record.partition, "key": list(key), "ws": ws,
-                         "agg": self.specs.definition(table).new(), "off": -1}
-            entry = touched[pkey] = _Touched(record.partition, value, value["off"])
+            pkey = partial_key(table, record.topic, record.partition, key, ws)
+            entry = touched.get(pkey)
+            if entry is None:
+                value = self.state.get(record.partition, pkey)
+                if value is None:
+                    value = {"kind": "p", "table": table, "topic": record.topic,
+                             "partition": record.partition, "key": list(key), "ws": ws,
+                             "agg": self.specs.definition(table).new(), "off": -1}
+                entry = touched[pkey] = _Touched(record.partition, value, value["off"])
+            found[ident] = entry
         if record.offset <= entry.base_off:
             return None  # already absorbed before a restart
         if record.offset > entry.value["off"]:

@@ -237,6 +237,9 @@ async def test_enrichment_through_outages_recovery_and_updates(
         "COLLECTOR_REDIS__TIMEOUT": str(REDIS_TIMEOUT),
         "COLLECTOR_MYSQL__DSN": mariadb.dsn,
         "COLLECTOR_MYSQL__TIMEOUT": str(MYSQL_TIMEOUT),
+        # this journey is about Redis and MySQL answering (or not): the in-process copy
+        # would answer the hot users through both outages; it has its own test below
+        "COLLECTOR_REDIS__LOCAL_TTL": "0",
     }
     settings = settings_for(env)
     tag = "e" + uuid.uuid4().hex[:8]
@@ -513,3 +516,80 @@ async def _journey(
         f"outcomes {dict(topic)}",
     ]
     print("\n" + "\n".join(report))
+
+
+async def redis_calls(cache: aioredis.Redis, command: str) -> int:
+    stats = await cache.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_hot_user_costs_no_redis_call_and_an_update_still_shows_at_once(
+    servers: tuple[RedisServer, MariaDBServer],
+    kafka_clients: tuple[dict[str, str], AIOKafkaProducer],
+    worker_factory: Callable[..., Worker],
+) -> None:
+    """redis.local_ttl: a worker keeps Redis' answers in process, so a user seen again
+    within it costs no MGET; an update on the users topic drops the copy at once (with
+    a 60 s copy, the old profile would be served for a minute without that)."""
+    redis_server, mariadb = servers
+    base_env, producer = kafka_clients
+    env = {
+        **base_env,
+        "COLLECTOR_REDIS__URL": redis_server.url,
+        "COLLECTOR_REDIS__TIMEOUT": str(REDIS_TIMEOUT),
+        "COLLECTOR_MYSQL__DSN": mariadb.dsn,
+        "COLLECTOR_MYSQL__TIMEOUT": str(MYSQL_TIMEOUT),
+        "COLLECTOR_REDIS__LOCAL_TTL": "60",
+    }
+    settings = settings_for(env)
+    tag = "e" + uuid.uuid4().hex[:8]
+    hot = UserProfile(f"{tag}hot", "seg0", "DE", "pro")
+    await migrate(settings)
+    repo = UserRepository(settings.mysql)
+    try:
+        await repo.upsert(hot)
+    finally:
+        await repo.close()
+    worker = worker_factory(env).start()
+    tap = Tap(settings)
+    cache = aioredis.Redis.from_url(redis_server.url, socket_timeout=1)
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        await tap.start()
+        feed = Feed(producer, settings.kafka.raw_topic("web"), tag)
+        first = await tap.events_of(await feed.send([hot.user_id]))
+        assert first[0]["enrichment"] == "miss"
+        deadline = time.monotonic() + 5
+        while await cache.get(settings.redis.key_prefix + hot.user_id) is None:
+            assert time.monotonic() < deadline, "the Redis fill never came"
+            await asyncio.sleep(0.05)
+        warm = await tap.events_of(await feed.send([hot.user_id]))  # Redis, then kept
+        assert warm[0]["enrichment"] == "hit"
+        mgets = await redis_calls(cache, "mget")
+        again = []
+        for _ in range(10):  # one batch each: without the copy, one MGET each
+            again += await tap.events_of(await feed.send([hot.user_id]))
+        assert [(e["enrichment"], e["segment"]) for e in again] == [("hit", hot.segment)] * 10
+        assert await redis_calls(cache, "mget") == mgets, "answered in process"
+
+        new = UserProfile(hot.user_id, "vip", "FR", "enterprise")
+        update = orjson.dumps({"user_id": new.user_id, "segment": new.segment,
+                               "country": new.country, "plan": new.plan})
+        await (await feed.producer.send(settings.kafka.users_topic, update,
+                                        key=new.user_id.encode()))
+        updated_at = time.monotonic()
+        after: list[dict[str, Any]] = []
+        while not any(e["segment"] == new.segment for e in after):
+            assert time.monotonic() - updated_at < 10, f"update not visible: {after[-2:]}"
+            after += await tap.events_of(await feed.send([hot.user_id]))
+            await asyncio.sleep(0.1)
+        k = next(i for i, e in enumerate(after) if e["segment"] == new.segment)
+        assert [e["segment"] for e in after[k:]] == [new.segment] * (len(after) - k)
+        assert after[k]["enrichment"] == "miss", after[k]  # reloaded: the copy was dropped
+        print(f"\nupdate visible after {time.monotonic() - updated_at:.2f}s with a 60 s copy")
+    except BaseException:
+        print(f"\n--- worker log (tail) ---\n{worker.text()[-6000:]}")
+        raise
+    finally:
+        await tap.stop()
+        await cache.aclose()

@@ -431,3 +431,86 @@ def test_packaged_migrations_are_ordered() -> None:
     assert [m.name for m in migrations][:1] == ["0001_users"]
     assert [m.version for m in migrations] == sorted({m.version for m in migrations})
     assert "CREATE TABLE IF NOT EXISTS users" in migrations[0].statements[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def local_enricher(cache: FakeCache, repo: FakeRepo, clock: Clock, **kw: int) -> Enricher:
+    return Enricher(cache, repo, lookup_timeout=0.2, redis_backoff=BACKOFF,
+                    mysql_backoff=BACKOFF, local_ttl=5.0, clock=clock, **kw)
+
+
+async def test_local_copy_answers_hot_users_without_redis(
+    cache: FakeCache, repo: FakeRepo
+) -> None:
+    """Redis' answers (profiles and unknown markers) are kept in process for local_ttl:
+    the next batches cost no MGET, with the same outcomes, until they expire."""
+    clock = Clock()
+    enricher = local_enricher(cache, repo, clock)
+    cache.data[ALICE.user_id] = ALICE
+    cache.data["nobody"] = NEGATIVE
+    want = {ALICE.user_id: (ALICE, Outcome.HIT), "nobody": (UNKNOWN_PROFILE, Outcome.NEGATIVE)}
+    assert await enricher.enrich_many([ALICE.user_id, "nobody"]) == want
+    assert len(cache.mgets) == 1
+    clock.now += 4.9
+    assert await enricher.enrich_many([ALICE.user_id, "nobody"]) == want
+    assert len(cache.mgets) == 1, "answered in process"
+    cache.down = True  # a Redis outage does not reach the hot users either
+    assert await enricher.enrich_many([ALICE.user_id]) == {ALICE.user_id: (ALICE, Outcome.HIT)}
+    cache.down = False
+    clock.now += 0.2  # expired: Redis again
+    assert await enricher.enrich_many([ALICE.user_id]) == {ALICE.user_id: (ALICE, Outcome.HIT)}
+    assert cache.mgets[-1] == [ALICE.user_id]
+    assert repo.loads == []
+
+
+async def test_an_update_drops_the_local_copy_at_once(cache: FakeCache, repo: FakeRepo) -> None:
+    """upsert_user (the users topic's agent) invalidates through the enricher: the next
+    event is enriched from MySQL with the new profile, not from the local copy."""
+    clock = Clock()
+    enricher = local_enricher(cache, repo, clock)
+    cache.data[ALICE.user_id] = ALICE
+    await enricher.enrich_many([ALICE.user_id])
+    changed = UserProfile(ALICE.user_id, "enterprise", "FR", "enterprise")
+    await upsert_user(repo, enricher, changed)
+    assert await enricher.enrich_many([ALICE.user_id]) == {
+        ALICE.user_id: (changed, Outcome.MISS)}
+
+
+async def test_an_mget_overlapping_an_update_fills_no_local_copy(
+    cache: FakeCache, repo: FakeRepo
+) -> None:
+    """Redis read the old profile, then the update invalidated: keeping that answer
+    would serve the old profile for local_ttl after the update."""
+    clock = Clock()
+    enricher = local_enricher(cache, repo, clock)
+    cache.data[ALICE.user_id] = ALICE
+    cache.delay = 0.05
+    lookup = asyncio.create_task(enricher.enrich_many([ALICE.user_id]))
+    await asyncio.sleep(0.01)  # the MGET is under way
+    changed = UserProfile(ALICE.user_id, "enterprise", "FR", "enterprise")
+    repo.users[ALICE.user_id] = changed
+    await enricher.invalidate(ALICE.user_id)
+    assert (await lookup)[ALICE.user_id] == (ALICE, Outcome.HIT)  # read before the update
+    cache.delay = 0.0
+    assert await enricher.enrich_many([ALICE.user_id]) == {
+        ALICE.user_id: (changed, Outcome.MISS)}
+
+
+async def test_local_copy_is_bounded(cache: FakeCache, repo: FakeRepo) -> None:
+    clock = Clock()
+    enricher = local_enricher(cache, repo, clock, local_max=2)
+    cache.data.update({ALICE.user_id: ALICE, BOB.user_id: BOB, "nobody": NEGATIVE})
+    for user_id in (ALICE.user_id, BOB.user_id, "nobody"):
+        await enricher.enrich_many([user_id])
+    assert len(cache.mgets) == 3
+    await enricher.enrich_many([BOB.user_id, "nobody"])
+    assert len(cache.mgets) == 3, "the two newest are kept"
+    await enricher.enrich_many([ALICE.user_id])
+    assert cache.mgets[-1] == [ALICE.user_id], "the oldest went first"

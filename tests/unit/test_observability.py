@@ -217,7 +217,7 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
     from faust.types import TP
 
-    from collector.adapters.sensors import CachedPrometheusMonitor
+    from collector.adapters.sensors import monitor_for
 
     class Owner:
         pass
@@ -251,7 +251,7 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     plain_registry, registry = CollectorRegistry(), CollectorRegistry()
     plain = drive(PrometheusMonitor(metrics=FaustMetrics.create(plain_registry, "faust")),
                   plain_registry)
-    cached_monitor = CachedPrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+    cached_monitor = monitor_for(registry)  # counts per message, publishes on collect
     assert drive(cached_monitor, registry) == plain
     assert plain[("faust_messages_received_total", ())] == 3
     # a rebalance removes the per-partition series: cached children must not outlive them
@@ -260,3 +260,11 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     value = registry.get_sample_value("faust_messages_received_per_topics_partition",
                                       {"topic": "collect.raw.web", "partition": "1"})
     assert value == 7
+    # counted per message, published on collect: a message read before a rebalance
+    # counts, and its partition's series goes with the others
+    cached_monitor.on_message_in(TP("collect.raw.web", 2), 9, Message())  # type: ignore[arg-type]
+    cached_monitor._clear_partition_related_metrics()
+    assert registry.get_sample_value("faust_messages_received_per_topics_partition",
+                                      {"topic": "collect.raw.web", "partition": "2"}) is None
+    assert registry.get_sample_value("faust_messages_received_total") == 5
+    assert registry.get_sample_value("faust_active_messages") == 2  # two never acked
