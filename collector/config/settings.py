@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from collector.config.aggregates import Aggregates, check_window
 from collector.config.http import IngestSettings, WebSettings
 from collector.config.ini import IniSettingsSource
 from collector.config.section import Section as _Section
@@ -377,6 +378,13 @@ class Settings(BaseSettings):
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    aggregates: Aggregates = Field(default_factory=dict, description="docs/aggregates.md")
+
+    @model_validator(mode="after")
+    def _aggregate_windows(self) -> Settings:
+        for name, agg in self.aggregates.items():
+            check_window(name, agg, self.windows)
+        return self
 
     @classmethod
     def settings_customise_sources(
