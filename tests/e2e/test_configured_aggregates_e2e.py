@@ -1,0 +1,211 @@
+"""An aggregate declared in configuration only, through a real worker: its table is
+created at start-up, its rows in MariaDB and InfluxDB equal an independent oracle
+(tests.oracle.group_by_oracle), the query API serves it, and bad declarations or a
+disagreeing table stop the worker with exit 2 naming the field or column.
+
+Input: several users over four partitions and two sources, a ``properties.plan`` that
+is sometimes missing, events out of order inside the grace period, duplicates (an HTTP
+retry: same user and event_id) and late events past the allowed lateness.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.config import Settings
+from collector.db import connect
+from collector.kafka.topics import ensure_topics
+from tests.e2e.kafka_io import produce, read_until, settings_for
+from tests.e2e.query_io import get
+from tests.e2e.sinks_io import influx_create_db, influx_query
+from tests.e2e.test_windows_e2e import wait_for, window_env
+from tests.e2e.workers import Worker, isolated_env
+from tests.oracle import group_by_oracle
+
+pytestmark = pytest.mark.e2e
+
+MEASURES = {"count": ("count", None), "sum_value": ("sum", "value"),
+            "max_value": ("max", "value"), "users": ("distinct", "user_id")}
+
+
+def declare(tmp_path: Path, name: str) -> Path:
+    """The INI half of the declaration (the window size comes from the environment)."""
+    ini = tmp_path / "collector.ini"
+    ini.write_text(f"[aggregate.{name}]\n"
+                   "group_by = source, properties.plan\n"
+                   "window = tumbling\n"
+                   "measures = count, sum(value), max(value), users=distinct(user_id)\n")
+    return ini
+
+
+def events_for(tag: str, t0: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(counted, late): counted events include duplicates of earlier ones."""
+    rng = random.Random(16)
+    users = [f"{tag}u{i}" for i in range(8)]
+    counted: list[dict[str, Any]] = []
+    for i in range(200):
+        event: dict[str, Any] = {
+            "event_id": f"{tag}-{i}", "user_id": rng.choice(users),
+            "type": rng.choice(["click", "view", "buy"]),
+            "ts": t0 + i * 600 + rng.randrange(-20_000, 20_000)}  # out of order, in grace
+        plan = rng.choice(["free", "pro", "team", None])
+        if plan is not None:
+            event["properties"] = {"plan": plan, "n": i}
+        if rng.random() < 0.6:
+            event["value"] = rng.choice([1.5, 2.0, 7.25, 10.0])
+        counted.append(event)
+    counted += [dict(e) for e in rng.sample(counted, 6)]  # retried: counted once
+    late = [{"event_id": f"{tag}-late-{i}", "user_id": users[i], "type": "click",
+             "ts": t0 - 20 * 60_000 + i, "properties": {"plan": "pro"}} for i in range(4)]
+    return counted, late
+
+
+async def drop_table(settings: Settings, name: str) -> None:
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        await cur.execute(f"DROP TABLE IF EXISTS `{name}`")
+
+
+async def table_rows(settings: Settings, name: str) -> dict[Any, tuple[dict[str, Any], bool]]:
+    out = {}
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        await cur.execute(
+            f"SELECT window_start, window_seconds, source, properties_plan, `count`, "
+            f"sum_value, max_value, users, users_truncated, final FROM `{name}`")
+        for ws, secs, source, plan, count, total, top, users, trunc, final in (
+                await cur.fetchall()):
+            ms = int(ws.replace(tzinfo=UTC).timestamp() * 1000)  # naive UTC
+            out[(name, ms, secs, (source, plan))] = (
+                {"count": count, "sum_value": total, "max_value": top, "users": users,
+                 "users_truncated": bool(trunc)}, bool(final))
+    return out
+
+
+async def test_configured_aggregate_end_to_end(
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    tag = "c" + uuid.uuid4().hex[:8]
+    name = f"plans_{tag}"
+    env = window_env(tmp_path, tag)
+    env["COLLECTOR_CONFIG"] = str(declare(tmp_path, name))
+    env[f"COLLECTOR_AGGREGATES__{name.upper()}__SIZE_SECONDS"] = "60"
+    settings = settings_for(env)
+    assert settings.aggregates[name].size_seconds == 60  # INI and env together
+    await ensure_topics(settings)
+    await influx_create_db(settings)
+    try:
+        worker = worker_factory(env).start()
+        worker.wait_ready()
+        assert f"created the MySQL table of configured aggregate {name}" in worker.text()
+
+        t0 = (int(time.time() * 1000) - 2 * 3_600_000) // 60_000 * 60_000
+        counted, late = events_for(tag, t0)
+        sources = settings.kafka.sources
+        for i, event in enumerate(counted):
+            event["_source"] = sources[i % 2]
+
+        def message(e: dict[str, Any]) -> tuple[bytes, bytes]:
+            return e["user_id"].encode(), orjson.dumps(
+                {k: v for k, v in e.items() if k[0] != "_"})
+
+        for source in sources:
+            await produce(settings, settings.kafka.raw_topic(source),
+                          [message(e) for e in counted if e["_source"] == source])
+        unique = {e["event_id"]: e for e in counted}
+        await read_until(settings, [settings.kafka.enriched_topic],
+                         lambda recs: len(recs) >= len(counted), limit_s=60)
+        await produce(settings, settings.kafka.raw_topic(sources[0]),
+                      [message(e) for e in late])
+        await read_until(settings, [settings.kafka.deadletter_topic],
+                         lambda recs: len(recs) >= len(late), limit_s=60)
+
+        enriched = [{**e, "source": e["_source"]} for e in unique.values()]
+        expected = group_by_oracle(enriched, name, ["source", "properties.plan"], MEASURES)
+        assert {key[1] for *_, key in expected} == {"free", "pro", "team", "unknown"}
+
+        async def all_final() -> Any:
+            rows = await table_rows(settings, name)
+            if set(rows) == set(expected) and all(final for _, final in rows.values()):
+                return rows
+            return None
+
+        rows = await wait_for(all_final, 90, f"final rows in MySQL {name}")
+        for ident, values in expected.items():
+            assert rows[ident][0] == pytest.approx(values), (ident, rows[ident], values)
+        print(f"{name}: {len(rows)} rows, e.g.",  # the report quotes these
+              *sorted(rows.items())[:4], sep="\n  ")
+
+        points = await influx_query(settings, f'SELECT * FROM "{name}"')
+        assert len(points) == len(expected)
+        for p in points:
+            want = expected[(name, p["time"], 60, (p["source"], p["properties_plan"]))]
+            assert (p["count"], p["users"]) == (want["count"], want["users"])
+            assert p["sum_value"] == pytest.approx(want["sum_value"])
+
+        lo, hi = t0 - 10 * 60_000, t0 + 10 * 60_000
+        status, _, body = await get(worker.port, f"/api/v1/aggregates/{name}",
+                                    {"from": lo, "to": hi, "properties_plan": "pro"})
+        assert status == 200, body
+        want = sorted((ws, key) for (_, ws, _, key) in expected if key[1] == "pro")
+        got = [(w["window_start_ms"], (w["key"]["source"], w["key"]["properties_plan"]))
+               for w in body["windows"]]
+        assert got == want
+        for w in body["windows"]:
+            ident = (name, w["window_start_ms"], 60, tuple(w["key"].values()))
+            assert w["values"] == pytest.approx(expected[ident]) and w["final"] is True
+        status, _, body = await get(worker.port, f"/api/v1/aggregates/{name}",
+                                    {"source": "nosuchsource"})
+        assert status == 400 and body["field"] == "source"
+        status, _, body = await get(worker.port, "/api/v1/aggregates/event_stats")
+        assert status == 404 and body["field"] == "name"
+        status, _, doc = await get(worker.port, "/api/openapi.json")
+        assert f"/api/v1/aggregates/{name}" in doc["paths"]
+    finally:
+        await drop_table(settings, name)
+
+
+def test_an_invalid_declaration_exits_2_naming_the_field(
+    worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    env = isolated_env(tmp_path, COLLECTOR_AGGREGATES__BAD__GROUP_BY="source,colour",
+                       COLLECTOR_AGGREGATES__WORSE__GROUP_BY="type",
+                       COLLECTOR_AGGREGATES__WORSE__MEASURES="count,median(value)")
+    worker = worker_factory(env).start()
+    assert worker.proc is not None and worker.proc.wait(60) == 2
+    text = worker.text()
+    assert "aggregates.bad.group_by (COLLECTOR_AGGREGATES__BAD__GROUP_BY" in text
+    assert "unknown field 'colour'" in text
+    assert "aggregates.worse.measures" in text and "unknown measure 'median'" in text
+
+
+async def test_a_disagreeing_table_exits_2_naming_the_column(
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    name = "t" + uuid.uuid4().hex[:8]
+    env = isolated_env(tmp_path, **{f"COLLECTOR_AGGREGATES__{name.upper()}__GROUP_BY": "type",
+                                    f"COLLECTOR_AGGREGATES__{name.upper()}__MEASURES":
+                                        "count,sum(value)"})
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        # an earlier declaration of the same name: sum(value) was then a count
+        await cur.execute(
+            f"CREATE TABLE `{name}` (window_start DATETIME(3) NOT NULL, window_seconds INT "
+            "NOT NULL, type VARCHAR(64) NOT NULL, `count` BIGINT NOT NULL, sum_value BIGINT "
+            "NOT NULL, revision INT NOT NULL, final BOOL NOT NULL, updated_at DATETIME(3) "
+            "NOT NULL, PRIMARY KEY (window_start, window_seconds, type))")
+    try:
+        worker = worker_factory(env).start()
+        assert worker.proc is not None and worker.proc.wait(90) == 2
+        assert (f"{name}.sum_value: the definition says DOUBLE NOT NULL, the table has "
+                "bigint NOT NULL") in worker.text()
+    finally:
+        await drop_table(settings, name)
