@@ -15,8 +15,11 @@ here as well; no value is ever formatted into the SQL.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 from typing import Any, Final
+
+import pymysql
 
 from collector.aggregates import Aggregate
 from collector.config import Settings
@@ -122,7 +125,9 @@ async def ensure_tables(cur: Any, aggregates: Iterable[Aggregate]) -> list[str]:
         if live:
             problems += mismatches(defn, live)
             continue
-        await cur.execute(create_sql(defn))
+        with warnings.catch_warnings():  # "already exists": another worker won the race
+            warnings.simplefilter("ignore", pymysql.Warning)
+            await cur.execute(create_sql(defn))
         created.append(defn.name)
     if problems:
         raise SchemaMismatch(problems)
