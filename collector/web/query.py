@@ -175,6 +175,8 @@ async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
     """Live windows over the sink's rows; without MySQL, the live ones, marked incomplete."""
     spec = rt.specs.for_table(query.table)
     defn = rt.specs.definition(query.table)
+    if "mysql" not in defn.sinks:  # a configured aggregate written to InfluxDB only
+        return ql.response(query, spec, live)
     try:
         rows = await rt.sink_history.windows(query, spec, defn if defn.configured else None)
     except HistoryUnavailable as exc:

@@ -74,6 +74,14 @@ async def drop_table(settings: Settings, name: str) -> None:
         await cur.execute(f"DROP TABLE IF EXISTS `{name}`")
 
 
+async def table_columns(settings: Settings, name: str) -> int:
+    async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT COUNT(*) FROM information_schema.columns WHERE "
+                          "table_schema = DATABASE() AND table_name = %s", (name,))
+        (count,) = await cur.fetchone()
+    return int(count)
+
+
 async def table_rows(settings: Settings, name: str) -> dict[Any, tuple[dict[str, Any], bool]]:
     out = {}
     async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
@@ -97,6 +105,9 @@ async def test_configured_aggregate_end_to_end(
     env = window_env(tmp_path, tag)
     env["COLLECTOR_CONFIG"] = str(declare(tmp_path, name))
     env[f"COLLECTOR_AGGREGATES__{name.upper()}__SIZE_SECONDS"] = "60"
+    influx_only = f"types_{tag}"  # no MySQL table: InfluxDB and the live windows only
+    env[f"COLLECTOR_AGGREGATES__{influx_only.upper()}__GROUP_BY"] = "type"
+    env[f"COLLECTOR_AGGREGATES__{influx_only.upper()}__SINKS"] = "influxdb"
     settings = settings_for(env)
     assert settings.aggregates[name].size_seconds == 60  # INI and env together
     await ensure_topics(settings)
@@ -140,8 +151,10 @@ async def test_configured_aggregate_end_to_end(
         rows = await wait_for(all_final, 90, f"final rows in MySQL {name}")
         for ident, values in expected.items():
             assert rows[ident][0] == pytest.approx(values), (ident, rows[ident], values)
-        print(f"{name}: {len(rows)} rows, e.g.",  # the report quotes these
-              *sorted(rows.items())[:4], sep="\n  ")
+        second = sorted({ident[1] for ident in rows})[1]  # a whole window, for the docs
+        print(f"{name}: {len(rows)} rows; window {second}:",
+              *[(key, values, final) for (_, ws, _, key), (values, final) in
+                sorted(rows.items()) if ws == second], sep="\n  ")
 
         points = await influx_query(settings, f'SELECT * FROM "{name}"')
         assert len(points) == len(expected)
@@ -168,6 +181,18 @@ async def test_configured_aggregate_end_to_end(
         assert status == 404 and body["field"] == "name"
         status, _, doc = await get(worker.port, "/api/openapi.json")
         assert f"/api/v1/aggregates/{name}" in doc["paths"]
+
+        by_type = group_by_oracle(enriched, influx_only, ["type"], {"count": ("count", None)})
+        points = await influx_query(settings, f'SELECT * FROM "{influx_only}"')
+        assert {(p["time"], p["type"]): p["count"] for p in points} == {
+            (ws, key[0]): v["count"] for (_, ws, _, key), v in by_type.items()}
+        status, _, body = await get(worker.port, f"/api/v1/aggregates/{influx_only}",
+                                    {"from": lo, "to": hi})
+        assert status == 200 and body["complete"] is True, body
+        assert {(w["window_start_ms"], w["key"]["type"]): w["values"]["count"]
+                for w in body["windows"]} == {
+            (ws, key[0]): v["count"] for (_, ws, _, key), v in by_type.items()}
+        assert await table_columns(settings, influx_only) == 0
     finally:
         await drop_table(settings, name)
 
@@ -209,3 +234,48 @@ async def test_a_disagreeing_table_exits_2_naming_the_column(
                 "bigint NOT NULL") in worker.text()
     finally:
         await drop_table(settings, name)
+
+
+async def test_mysql_down_at_start_the_table_comes_with_it(
+    stack: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """A worker starting while MySQL is down starts anyway, creates the table once MySQL
+    answers, and the rows kept meanwhile land in it."""
+    from collector.db import migrate
+    from tests.integration.servers import MariaDBServer, binary
+
+    if binary("mariadbd") is None:
+        pytest.skip("mariadb-server is not installed")
+    server = MariaDBServer(tmp_path / "mariadb")
+    server.init()
+    server.kill()  # our own throwaway server, never the shared one
+    tag = "d" + uuid.uuid4().hex[:8]
+    env = window_env(tmp_path, tag)
+    env.update({"COLLECTOR_MYSQL__DSN": server.dsn, "COLLECTOR_MYSQL__TIMEOUT": "1",
+                "COLLECTOR_AGGREGATES__LATE_TABLE__GROUP_BY": "type"})
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    try:
+        worker = worker_factory(env).start()
+        worker.wait_ready()
+        assert "could not create the configured aggregates' tables yet" in worker.text()
+        t0 = (int(time.time() * 1000) - 3_600_000) // 60_000 * 60_000
+        events = [{"event_id": f"{tag}-{i}", "user_id": f"{tag}u{i % 3}", "type": "click",
+                   "ts": t0 + i * 1000} for i in range(5)]
+        await produce(settings, settings.kafka.raw_topic(settings.kafka.sources[0]),
+                      [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+        server.start()
+        await migrate(settings)  # the users table; the worker creates late_table itself
+
+        async def row() -> Any:
+            if "created the MySQL table of configured aggregate late_table" not in (
+                    worker.text()):
+                return None
+            async with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+                await cur.execute("SELECT `type`, `count`, final FROM late_table")
+                rows = [tuple(r) for r in await cur.fetchall()]
+            return rows if rows and all(r[2] for r in rows) else None
+
+        assert await wait_for(row, 90, "late_table's row") == [("click", 5, 1)]
+    finally:
+        server.kill()
