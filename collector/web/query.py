@@ -176,7 +176,12 @@ async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
     spec = rt.specs.for_table(query.table)
     defn = rt.specs.definition(query.table)
     if "mysql" not in defn.sinks:  # a configured aggregate written to InfluxDB only
-        return ql.response(query, spec, live)
+        kept_from = int(time.time() * 1000) - rt.specs.expires_ms
+        if query.from_ms >= kept_from:
+            return ql.response(query, spec, live)
+        return ql.response(query, spec, live, complete=False, incomplete=(
+            f"{query.table} is not written to MySQL: windows that started before "
+            f"{ql.rfc3339(kept_from)} (windows.expires_seconds) are only in InfluxDB"))
     try:
         rows = await rt.sink_history.windows(query, spec, defn if defn.configured else None)
     except HistoryUnavailable as exc:
