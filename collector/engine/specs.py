@@ -96,6 +96,9 @@ def _key_getter(defn: Aggregate) -> Callable[[dict[str, Any]], Any]:
         if len(getters) == 1:
             (one,) = getters
             return lambda e: (one(e),)
+        if len(getters) == 2:
+            one, two = getters
+            return lambda e: (one(e), two(e))
         return lambda e: tuple([get(e) for get in getters])
     if defn.per_user:
         if len(keys) != 1 or keys[0].default is not None:
