@@ -78,7 +78,7 @@ def number_reader(field: str) -> Read:
 
 
 _NUM: dict[str, Any] = {"type": "number"}
-_NUM_OR_NULL: dict[str, Any] = {"type": "number", "nullable": True}
+_NUM_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}  # OpenAPI 3.1 (JSON Schema)
 
 
 @dataclass(frozen=True, slots=True)

@@ -354,3 +354,28 @@ async def test_combiner_and_merge_equal_the_oracle(monkeypatch: pytest.MonkeyPat
     assert set(got) == set(want) and len(want) > 20
     for window, values in want.items():
         assert got[window] == pytest.approx(values), window
+
+
+def test_a_configured_answer_fits_its_openapi_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windows the real code builds for a configured aggregate (a null max included)
+    validate against the document's schema for its path, as the built-ins' do."""
+    import jsonschema
+
+    specs = Specs.from_settings(plans(monkeypatch))
+    defn = specs.definition("plans")
+    doc = openapi_document(["web"], specs.aggregates)
+    state = defn.new()
+    defn.compile()(state, {"source": "web", "user_id": "u1", "value": 2.5,
+                           "properties": {"plan": "pro", "amount": 3}}, T0 + 1)
+    empty = defn.new()
+    defn.compile()(empty, {"source": "web", "user_id": "u2", "properties": {}}, T0 + 2)
+    spec = specs.for_table("plans")
+    query = ql.parse_aggregate(defn, {"from": str(T0), "to": str(T0 + 60_000)}, ["web"], T0)
+    body = ql.response(query, spec, [
+        ql.window("plans", spec, ["web", "pro"], T0, state, True, defn),
+        ql.window("plans", spec, ["web", "unknown"], T0, empty, False, defn)])
+    assert body["windows"][1]["values"]["max_properties_amount"] is None
+    for path in ("/api/v1/aggregates/plans", "/api/v1/aggregates/{name}"):
+        schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        jsonschema.Draft202012Validator({"components": doc["components"],
+                                         **schema["schema"]}).validate(body)
