@@ -34,6 +34,9 @@ MAX_KEY_CHARS: Final = 760
 #: fields distinct() counts; sum/min/max take ``value`` or a property
 DISTINCT_FIELDS: Final = frozenset({"user_id", "type", "source", "segment", "country",
                                     "device_id", "plan"})
+#: characters the distinct() values of one window may take: each window's state travels
+#: whole in a partial and a changelog record, and Kafka's default message limit is 1 MB
+MAX_DISTINCT_CHARS: Final = 262_144
 #: columns every aggregate table has; no group-by or measure may use their names
 COMMON: Final = frozenset({"window_start", "window_seconds", "revision", "final",
                            "updated_at"})
@@ -184,6 +187,13 @@ class AggregateSettings(Section):
                 raise ValueError("step_seconds must not exceed size_seconds")
             if self.size_seconds % self.step_seconds:
                 raise ValueError("size_seconds must be a multiple of step_seconds")
+        widths = [GROUP_FIELDS.get(m.field, PROPERTY_WIDTH) if m.field != "user_id" else 64
+                  for m in self.parsed_measures() if m.fn == "distinct" and m.field]
+        if self.max_distinct * sum(widths) > MAX_DISTINCT_CHARS:
+            raise ValueError(f"max_distinct {self.max_distinct} x the distinct() fields' "
+                             f"{sum(widths)} characters exceeds {MAX_DISTINCT_CHARS}: a "
+                             "window's state must fit in one Kafka message; lower "
+                             "max_distinct")
         seen: dict[str, str] = {}
         names = [(column_of(f), f"group_by {f}") for f in self.group_by]
         for spec in self.parsed_measures():

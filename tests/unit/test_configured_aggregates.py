@@ -4,6 +4,7 @@ pipeline (combiner -> partials -> merge) against the independent group-by oracle
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +35,7 @@ ENV = "COLLECTOR_AGGREGATES__"
 @pytest.fixture(autouse=True)
 def _no_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CONFIG_ENV, raising=False)
-    for key in [k for k in __import__("os").environ if k.startswith(ENV)]:
+    for key in [k for k in os.environ if k.startswith(ENV)]:
         monkeypatch.delenv(key)
 
 
@@ -112,6 +113,8 @@ INVALID = [
     ({"GROUP_BY": "type", "SINKS": "mysql,kafka"}, "aggregates.x.sinks", "mysql"),
     ({"GROUP_BY": "type", "MAX_DISTINCT": "0"}, "aggregates.x.max_distinct", "1"),
     ({"GROUP_BY": "type", "COLOUR": "red"}, "aggregates.x.colour", "Extra inputs"),
+    ({"GROUP_BY": "type", "MEASURES": "distinct(properties.a),distinct(properties.b)"},
+     "aggregates.x", "must fit in one Kafka message"),
 ]
 
 
