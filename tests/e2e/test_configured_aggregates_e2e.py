@@ -281,3 +281,69 @@ async def test_mysql_down_at_start_the_table_comes_with_it(
         assert await wait_for(row, 90, "late_table's row") == [("click", 5, 1)]
     finally:
         server.kill()
+
+
+async def test_a_restart_recovers_the_partials_and_keeps_the_table(
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """Half the events, every row written final, a restart (state from the changelog,
+    the table found as it is), the other half into the same windows: every row ends
+    equal to the oracle (the first half neither lost nor counted twice)."""
+    tag = "r" + uuid.uuid4().hex[:8]
+    name = f"plans_{tag}"
+    env = window_env(tmp_path, tag)
+    env["COLLECTOR_CONFIG"] = str(declare(tmp_path, name))
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    await influx_create_db(settings)
+    # 10 min old: a window's state outlives the restart (expires_seconds after its start
+    # by the close mark, which the idle rule moves to the wall clock)
+    counted, _ = events_for(tag, (int(time.time() * 1000) - 600_000) // 60_000 * 60_000)
+    sources = settings.kafka.sources
+    for i, event in enumerate(counted):
+        event["_source"] = sources[i % 2]
+    halves = [counted[::2], counted[1::2]]
+
+    async def send(events: list[dict[str, Any]]) -> None:
+        for source in sources:
+            await produce(settings, settings.kafka.raw_topic(source),
+                          [(e["user_id"].encode(),
+                            orjson.dumps({k: v for k, v in e.items() if k[0] != "_"}))
+                           for e in events if e["_source"] == source])
+
+    unique = {e["event_id"]: e for e in counted}
+    expected = group_by_oracle([{**e, "source": e["_source"]} for e in unique.values()],
+                               name, ["source", "properties.plan"], MEASURES)
+    try:
+        first = worker_factory(env, name="first").start()
+        first.wait_ready()
+        await send(halves[0])
+        await read_until(settings, [settings.kafka.enriched_topic],
+                         lambda recs: len(recs) >= len(halves[0]), limit_s=60)
+        half = {e["event_id"]: e for e in halves[0]}
+        first_rows = group_by_oracle([{**e, "source": e["_source"]} for e in half.values()],
+                                     name, ["source", "properties.plan"], MEASURES)
+
+        async def first_final() -> Any:
+            rows = await table_rows(settings, name)
+            return set(rows) == set(first_rows) and all(f for _, f in rows.values())
+
+        await wait_for(first_final, 90, "the first half's rows, final")
+        assert first.stop() == 0
+        second = worker_factory(env, name="second").start()
+        second.wait_ready()
+        assert "created the MySQL table" not in second.text()  # found, and it matched
+        await send(halves[1])
+
+        async def all_final() -> Any:
+            rows = await table_rows(settings, name)
+            done = set(rows) == set(expected) and all(f for _, f in rows.values())
+            return rows if done and all(rows[i][0]["count"] == v["count"]
+                                        for i, v in expected.items()) else None
+
+        rows = await wait_for(all_final, 90, f"rows of {name} equal to the oracle")
+        for ident, values in expected.items():
+            assert rows[ident][0] == pytest.approx(values), (ident, rows[ident], values)
+    finally:
+        await drop_table(settings, name)
+
