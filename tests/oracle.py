@@ -60,3 +60,55 @@ def oracle(
             values["types_truncated"] = len(values["types"]) > max_user_types
             values["types"] = sorted(values["types"][:max_user_types])
     return out
+
+
+def _field(event: dict[str, Any], name: str) -> Any:
+    if name.startswith("properties."):
+        return (event.get("properties") or {}).get(name.split(".", 1)[1])
+    return event.get(name)
+
+
+def _label(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def group_by_oracle(
+    events: list[dict[str, Any]], table: str, group_by: list[str],
+    measures: dict[str, tuple[str, str | None]], *, size_ms: int = 60_000,
+    step_ms: int | None = None,
+) -> dict[Ident, dict[str, Any]]:
+    """A configured aggregate's rows, the plain way: ``measures`` maps each output column
+    to (function, field), e.g. {"users": ("distinct", "user_id")}; every window of size
+    ``size_ms`` starting at a multiple of ``step_ms`` (default: tumbling) holding the
+    event's ts counts it.  Events must already be enriched and deduplicated."""
+    step = size_ms if step_ms is None else step_ms
+    groups: dict[Ident, list[dict[str, Any]]] = {}
+    for e in events:
+        key = tuple(_label(_field(e, f)) for f in group_by)
+        first = e["ts"] - e["ts"] % step - size_ms + step
+        for start in range(first, e["ts"] + 1, step):
+            groups.setdefault((table, start, size_ms // 1000, key), []).append(e)
+    out: dict[Ident, dict[str, Any]] = {}
+    for ident, members in groups.items():
+        row: dict[str, Any] = {}
+        for column, (fn, field) in measures.items():
+            numbers = [float(v) for e in members
+                       if field is not None and type(v := _field(e, field)) in (int, float)]
+            if fn == "count":
+                row[column] = len(members)
+            elif fn == "sum":
+                row[column] = sum(numbers)
+            elif fn in ("min", "max"):
+                row[column] = (min if fn == "min" else max)(numbers) if numbers else None
+            elif fn == "distinct":
+                assert field is not None
+                row[column] = len({_label(_field(e, field)) for e in members})
+                row[f"{column}_truncated"] = False
+        out[ident] = row
+    return out

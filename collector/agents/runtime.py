@@ -24,6 +24,7 @@ from collector.adapters.sensors import install_faust_sensors
 from collector.adapters.state import FaustState
 from collector.adapters.tables import Tables, set_changelog_buffer
 from collector.config import Settings
+from collector.db.tables import SchemaMismatch, ensure_configured_tables
 from collector.engine.aggregator import Aggregator, Specs
 from collector.engine.backpressure import Backpressure
 from collector.engine.delivery import ProduceHealth
@@ -33,6 +34,7 @@ from collector.engine.processor import RawProcessor
 from collector.engine.rejected import RejectedRows
 from collector.engine.sinkhub import SinkHub
 from collector.enrichment import Enricher, ProfileCache, UserRepository
+from collector.enrichment.errors import SourceError
 from collector.kafka.topics import partition_mismatches
 from collector.models import Reason
 from collector.observability import Metrics
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 CHANGELOG_BUFFER_MAX = 20_000
 #: how long the start-up check of the topics' partition counts may take
 TOPIC_CHECK_TIMEOUT_S = 15.0
+#: seconds between attempts to create configured aggregates' tables while MySQL is down
+TABLES_RETRY_S = 5.0
 
 
 class Runtime(mode.Service):
@@ -94,11 +98,13 @@ class Runtime(mode.Service):
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
         since = settings.sinks.write_windows_from_ms  # collector reprocess
-        self.mysql_sink = MySQLSink(settings.mysql, metrics=self.metrics, windows_from_ms=since)
-        self.influx_sink = InfluxSink(settings.influx, metrics=self.metrics,
-                                      windows_from_ms=since)
+        aggregates = self.specs.by_name
+        self.mysql_sink = MySQLSink(settings.mysql, aggregates=aggregates, metrics=self.metrics,
+                                    windows_from_ms=since)
+        self.influx_sink = InfluxSink(settings.influx, aggregates=aggregates,
+                                      metrics=self.metrics, windows_from_ms=since)
         self.sinks = SinkHub([self.mysql_sink, self.influx_sink],
-                             interval=windows.flush_interval_seconds)
+                             interval=windows.flush_interval_seconds, aggregates=aggregates)
         self.rejected = RejectedRows(
             send=self._send_dead_letter,
             release=lambda rows: self.flusher.on_user_rows_written(rows),
@@ -279,6 +285,36 @@ class Runtime(mode.Service):
         # throttled and logged "producer buffer full".  Memory stays bounded by batches.
         set_changelog_buffer(self.app, CHANGELOG_BUFFER_MAX)
         await self.check_topics()
+        if not await self.ensure_tables():
+            self.add_future(self._ensure_tables_later())
+
+    async def ensure_tables(self) -> bool:
+        """Create the tables of configured aggregates (collector.db.tables); exit 2
+        naming every column an existing table disagrees on.  False while MySQL is
+        unreachable (the sink buffers their rows meanwhile)."""
+        try:
+            created = await ensure_configured_tables(self.settings, self.specs.aggregates)
+        except SchemaMismatch as exc:
+            for problem in exc.problems:
+                log.critical("configured aggregate table: %s; drop or rename the table, or "
+                             "rename the aggregate", problem)
+            raise SystemExit(2) from None
+        except SourceError as exc:
+            log.warning("could not create the configured aggregates' tables yet: %s", exc)
+            return False
+        for name in created:
+            log.info("created the MySQL table of configured aggregate %s", name)
+        return True
+
+    async def _ensure_tables_later(self) -> None:
+        while not self.should_stop:
+            await self.sleep(TABLES_RETRY_S)
+            try:
+                if await self.ensure_tables():
+                    return
+            except SystemExit:  # in a background task: say so, and stop retrying
+                log.critical("the MySQL sink cannot write the configured aggregates above")
+                return
 
     async def check_topics(self) -> None:
         """Exit 2 naming each topic with a partition count other than ``kafka.partitions``.

@@ -49,8 +49,13 @@ class KeyField:
     pattern: str | None = None  # the parameter's pattern in the OpenAPI document
     #: the parameter's values are the configured sources (an OpenAPI enum)
     sources: bool = False
+    #: reads the key from the event when it is not the top-level field ``name``
+    #: (a configured aggregate's ``properties.<key>``, or a field that may be null)
+    get: Callable[[Mapping[str, Any]], str] | None = field(default=None, compare=False)
 
     def of(self, event: Mapping[str, Any]) -> str:
+        if self.get is not None:
+            return self.get(event)
         return event[self.name] if self.default is None else event.get(self.name, self.default)
 
 
@@ -109,10 +114,15 @@ class Aggregate:
     influx_fields: tuple[InfluxField, ...] = ()
     route: str = ""  # the query endpoint
     summary: str = ""  # how its windows are keyed, for the OpenAPI summary
+    #: (size, step) in seconds, for a window of its own; None: its kind's, from settings
+    sizes: tuple[int, int] | None = None
+    #: declared in configuration (collector.aggregates.configured), not in code
+    configured: bool = False
     fold_factory: Callable[[Aggregate], Fold] | None = field(default=None, compare=False)
     #: the empty state, copied by :meth:`new` (a new window per key is frequent)
     _empty: State = field(init=False, repr=False, compare=False)
     _lists: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _dicts: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _getters: tuple[tuple[str, Getter], ...] = field(init=False, repr=False, compare=False)
     _params: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(
         init=False, repr=False, compare=False)
@@ -125,6 +135,8 @@ class Aggregate:
         object.__setattr__(self, "_empty", empty)
         object.__setattr__(self, "_lists",
                            tuple(k for k, v in empty.items() if isinstance(v, list)))
+        object.__setattr__(self, "_dicts",
+                           tuple(k for k, v in empty.items() if isinstance(v, dict)))
         object.__setattr__(self, "_getters", tuple(g for m in self.measures for g in m.getters()))
         object.__setattr__(self, "_params", tuple(c.param for c in self.columns))
 
@@ -142,6 +154,8 @@ class Aggregate:
         state = self._empty.copy()
         for name in self._lists:
             state[name] = []
+        for name in self._dicts:
+            state[name] = {}
         return state
 
     def merge(self, into: State, other: Mapping[str, Any]) -> None:

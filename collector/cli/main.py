@@ -38,10 +38,21 @@ def _stack(args: argparse.Namespace, _settings: Settings) -> int:
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    from collector.aggregates.configured import configured_aggregates
     from collector.db import migrate
+    from collector.db.tables import SchemaMismatch, ensure_configured_tables
 
     applied = asyncio.run(migrate(settings))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    try:
+        created = asyncio.run(ensure_configured_tables(settings,
+                                                       configured_aggregates(settings)))
+    except SchemaMismatch as exc:
+        for problem in exc.problems:
+            print(f"collector: configured aggregate table: {problem}", file=sys.stderr)
+        return 2
+    if created:
+        print(f"created configured aggregate table(s): {', '.join(created)}")
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined
 
+from collector.config.aggregates import AggregateSettings
 from collector.config.settings import Settings
 
 HEADER = """# Configuration
@@ -45,6 +46,9 @@ def render() -> str:
     lines = [HEADER]
     for section, sfield in Settings.model_fields.items():
         model = sfield.annotation
+        if section == "aggregates":
+            lines += _aggregates()
+            continue
         assert isinstance(model, type) and issubclass(model, BaseModel)
         lines.append(f"## `[{section}]`\n")
         doc = (model.__doc__ or "").strip().splitlines()
@@ -61,11 +65,29 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def _aggregates() -> list[str]:
+    """The keys of one ``[aggregate.<name>]`` section (docs/aggregates.md explains them)."""
+    lines = ["## `[aggregate.<name>]`\n",
+             "Aggregates declared without code, any number of them; `<name>` (lowercase "
+             "letters, digits, `_`) is the MySQL table, the InfluxDB measurement and the "
+             "query path `/api/v1/aggregates/<name>`. See docs/aggregates.md.\n",
+             "| setting | env var | default | meaning |", "|---|---|---|---|"]
+    for name, field in AggregateSettings.model_fields.items():
+        env = f"COLLECTOR_AGGREGATES__<NAME>__{name.upper()}"
+        default = _default(field).replace("|", "\\|")
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `aggregate.<name>.{name}` | `{env}` | `{default}` | {meaning} |")
+    lines.append("")
+    return lines
+
+
 def all_env_vars() -> set[str]:
     """Every environment variable the model reads (for static checks of deploy files)."""
     names = {"COLLECTOR_CONFIG"}
     for section, sfield in Settings.model_fields.items():
         model = sfield.annotation
+        if section == "aggregates":
+            continue  # COLLECTOR_AGGREGATES__<NAME>__<KEY>: the names are the user's
         assert isinstance(model, type) and issubclass(model, BaseModel)
         names.update(f"COLLECTOR_{section.upper()}__{n.upper()}" for n in model.model_fields)
     return names

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from collector.config.errors import SettingsError
 
 CONFIG_ENV = "COLLECTOR_CONFIG"
+#: INI sections that declare an aggregate: ``[aggregate.<name>]``
+AGGREGATE_SECTION = "aggregate."
 
 
 def read_ini(path: Path) -> dict[str, dict[str, str]]:
@@ -49,4 +51,16 @@ class IniSettingsSource(PydanticBaseSettingsSource):
         if self._path is None:
             return {}
         # Unknown sections surface as "extra field" errors naming the section.
-        return dict(read_ini(self._path))
+        return nest_aggregates(read_ini(self._path))
+
+
+def nest_aggregates(sections: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``[aggregate.<name>]`` sections become ``aggregates.<name>`` (collector.config.
+    aggregates), the shape ``COLLECTOR_AGGREGATES__<NAME>__<KEY>`` gives too."""
+    out: dict[str, Any] = {}
+    for section, values in sections.items():
+        if section.startswith(AGGREGATE_SECTION):
+            out.setdefault("aggregates", {})[section.removeprefix(AGGREGATE_SECTION)] = values
+        else:
+            out[section] = values
+    return out

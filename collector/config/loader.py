@@ -53,7 +53,10 @@ def _describe(error: Any) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
         msg += _suggestion(loc)
-    if len(loc) > 1:
+    if len(loc) > 2 and loc[0] == "aggregates":
+        ini = f"[aggregate.{loc[1]}] {'.'.join(map(str, loc[2:]))}"
+        text = f"{dotted} ({env_name(loc)}, INI {ini}): {msg}"
+    elif len(loc) > 1:
         ini_key = ".".join(map(str, loc[1:]))
         text = f"{dotted} ({env_name(loc)}, INI [{loc[0]}] {ini_key}): {msg}"
     else:

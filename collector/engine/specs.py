@@ -9,6 +9,7 @@ from operator import itemgetter
 from typing import Any
 
 from collector.aggregates import DEFINITIONS, Aggregate, WindowSpec, window_specs
+from collector.aggregates.configured import configured_aggregates
 from collector.aggregates.definition import Fold
 from collector.aggregates.measures import DistinctValues
 from collector.config import Settings
@@ -36,7 +37,10 @@ class Specs:
     def __post_init__(self) -> None:
         kinds = {"tumbling": self.tumbling, "hopping": self.hopping}
         self._defs = {a.name: a for a in self.aggregates}
-        self._by_table = {a.name: kinds[a.window] for a in self.aggregates}
+        self._by_table = {a.name: kinds[a.window] if a.sizes is None
+                          else WindowSpec.hopping(*a.sizes, kinds[a.window].grace_ms // 1000,
+                                                  kinds[a.window].lateness_ms // 1000)
+                          for a in self.aggregates}
         users = [a.name for a in self.aggregates if a.per_user]
         if len(users) != 1:
             raise ValueError(f"exactly one per-user aggregate is supported, got {users}")
@@ -44,6 +48,7 @@ class Specs:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Specs:
+        """The built-in aggregates and, after them, those declared in ``aggregates.*``."""
         w = settings.windows
         kinds = window_specs(settings)
         return cls(
@@ -52,7 +57,12 @@ class Specs:
             expires_ms=w.expires_seconds * 1000,
             dedupe_ms=min(w.dedupe_seconds, w.allowed_lateness_seconds) * 1000,
             max_user_types=w.max_user_types,
+            aggregates=(*DEFINITIONS, *configured_aggregates(settings)),
         )
+
+    @property
+    def by_name(self) -> dict[str, Aggregate]:
+        return self._defs
 
     def definition(self, table: str) -> Aggregate:
         return self._defs[table]
@@ -81,6 +91,15 @@ def _key_getter(defn: Aggregate) -> Callable[[dict[str, Any]], Any]:
     """The key of an event: the value itself for a per-user aggregate (its one field),
     a tuple otherwise; C-level ``itemgetter`` where every field is required."""
     keys = defn.keys
+    if any(k.get is not None for k in keys):  # a configured aggregate's fields
+        getters = tuple(k.get or k.of for k in keys)
+        if len(getters) == 1:
+            (one,) = getters
+            return lambda e: (one(e),)
+        if len(getters) == 2:
+            one, two = getters
+            return lambda e: (one(e), two(e))
+        return lambda e: tuple([get(e) for get in getters])
     if defn.per_user:
         if len(keys) != 1 or keys[0].default is not None:
             raise ValueError(f"{defn.name}: a per-user aggregate has one required key")

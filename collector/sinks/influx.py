@@ -23,14 +23,14 @@ flush cycle, and the MySQL sink keeps ``final`` sticky regardless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final, Unpack
 
 import aiohttp
 import orjson
 from influxdb_client import Point, WritePrecision
 
-from collector.aggregates import BY_NAME
+from collector.aggregates import BY_NAME, Aggregate
 from collector.config.settings import InfluxSettings
 from collector.sinks.base import (
     BatchRejected,
@@ -48,7 +48,7 @@ _RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
 _CONFIG_STATUS: Final = frozenset({401, 403, 404})
 
 
-def to_point(row: Row) -> Point:
+def to_point(row: Row, aggregates: Mapping[str, Aggregate] = BY_NAME) -> Point:
     """The point of a row; ``KeyError``/``TypeError``/``ValueError`` if malformed.
 
     Its definition gives the measurement, the tags (the key fields) and the fields, e.g.
@@ -56,7 +56,7 @@ def to_point(row: Row) -> Point:
     (float).  Fields whose value is None are omitted (InfluxDB has no null); every point
     also has final and revision.
     """
-    defn = BY_NAME.get(row.table)
+    defn = aggregates.get(row.table)
     if defn is None or defn.measurement is None or "influxdb" not in defn.sinks:
         raise ValueError(f"{row.table} rows are not written to InfluxDB")
     if len(row.key) != len(defn.keys):
@@ -73,10 +73,10 @@ def to_point(row: Row) -> Point:
     return point.time(row.window_start_ms, WritePrecision.MS)
 
 
-def _written_here(table: str) -> bool:
+def _written_here(table: str, aggregates: Mapping[str, Aggregate] = BY_NAME) -> bool:
     """Rows of aggregates that do not name this sink are dropped (unknown ones are kept:
     ``to_point`` refuses them, visibly)."""
-    defn = BY_NAME.get(table)
+    defn = aggregates.get(table)
     return defn is None or "influxdb" in defn.sinks
 
 
@@ -98,10 +98,13 @@ class InfluxSink(Sink):
 
     name = "influxdb"
 
-    def __init__(self, settings: InfluxSettings, **kwargs: Unpack[SinkOptions]) -> None:
+    def __init__(self, settings: InfluxSettings, *,
+                 aggregates: Mapping[str, Aggregate] = BY_NAME,
+                 **kwargs: Unpack[SinkOptions]) -> None:
         kwargs.setdefault("write_timeout", settings.timeout * 2)
         super().__init__(**kwargs)
         self._settings = settings
+        self._aggregates = aggregates
         self._session: aiohttp.ClientSession | None = None
         self._url, self._params, self._headers, self._auth = self._endpoint(settings)
 
@@ -125,7 +128,7 @@ class InfluxSink(Sink):
         return f"{s.url}/write", params, headers, auth
 
     def add(self, rows: Iterable[Row]) -> None:
-        super().add(row for row in rows if _written_here(row.table))
+        super().add(row for row in rows if _written_here(row.table, self._aggregates))
 
     async def start(self) -> None:
         self._ensure_session()
@@ -148,7 +151,7 @@ class InfluxSink(Sink):
         lines: list[str] = []
         for row in batch:
             try:
-                line = to_point(row).to_line_protocol()
+                line = to_point(row, self._aggregates).to_line_protocol()
             except (KeyError, TypeError, ValueError) as exc:
                 refused.append((row, f"malformed {row.table} row: {exc!r}"))
                 continue

@@ -23,7 +23,7 @@ from typing import Any, Final, Unpack
 import aiomysql
 import pymysql
 
-from collector.aggregates import BY_NAME, DEFINITIONS
+from collector.aggregates import BY_NAME, DEFINITIONS, Aggregate
 from collector.aggregates.definition import naive_utc
 from collector.config.settings import MySQLSettings
 from collector.drivers.mysql import LazyPool
@@ -34,7 +34,7 @@ from collector.sinks.base import (
     SinkOptions,
     SinkUnavailable,
 )
-from collector.sinks.rows import KEY_COLUMNS, Row
+from collector.sinks.rows import Row
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,19 @@ CONFIG_ERRNOS: Final = frozenset({1044, 1045, 1049, 1054, 1064, 1142, 1146, 1227
 _SQL_MODE: Final = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
 
 
-def upsert_sql(table: str) -> str:
+def upsert_sql(table: str, defn: Aggregate | None = None) -> str:
     """The upsert of ``table``; assignments run left to right, so their order matters.
 
     ``updated_at`` comes first (compares old with new values), the value columns next
-    (``final`` is still the old one there), ``final`` last.
+    (``final`` is still the old one there), ``final`` last.  A configured aggregate's
+    identifiers are quoted (whitelisted too, but ``order`` is a fine name and a reserved
+    word); the built-ins' statements stay as they were.
     """
-    keys, values = KEY_COLUMNS[table], VALUE_COLUMNS[table]
+    defn = BY_NAME[table] if defn is None else defn
+    quote = _quoted if defn.configured else _plain
+    table = quote(defn.name)
+    keys = tuple(quote(k) for k in defn.key_names)
+    values = tuple(quote(v) for v in defn.value_columns)
     columns = ["window_start", "window_seconds", *keys, *values, "final", "updated_at"]
     holders = ", ".join(["%s"] * len(columns))  # plain %s only: executemany batches rows
     keep = "(final AND NOT VALUES(final))"
@@ -82,14 +88,23 @@ def upsert_sql(table: str) -> str:
             f"ON DUPLICATE KEY UPDATE {', '.join(updates)}")
 
 
-def row_params(row: Row, updated_at: datetime) -> tuple[Any, ...]:
+def _plain(name: str) -> str:
+    return name
+
+
+def _quoted(name: str) -> str:
+    return f"`{name}`"
+
+
+def row_params(row: Row, updated_at: datetime,
+               aggregates: Mapping[str, Aggregate] = BY_NAME) -> tuple[Any, ...]:
     """Driver parameters of one row; ``KeyError``/``TypeError``/``ValueError`` if malformed."""
-    defn = BY_NAME.get(row.table)
+    defn = aggregates.get(row.table)
     if defn is None or "mysql" not in defn.sinks:
         raise ValueError(f"unknown table {row.table!r}")
     values = defn.params(row.values)
-    if len(row.key) != len(KEY_COLUMNS[row.table]):
-        raise ValueError(f"{row.table} needs key {KEY_COLUMNS[row.table]}, got {row.key!r}")
+    if len(row.key) != len(defn.keys):
+        raise ValueError(f"{row.table} needs key {defn.key_names}, got {row.key!r}")
     return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values,
             int(row.revision), row.final, updated_at)
 
@@ -122,13 +137,17 @@ class MySQLSink(Sink):
 
     name = "mysql"
 
-    def __init__(self, settings: MySQLSettings, **kwargs: Unpack[SinkOptions]) -> None:
+    def __init__(self, settings: MySQLSettings, *,
+                 aggregates: Mapping[str, Aggregate] = BY_NAME,
+                 **kwargs: Unpack[SinkOptions]) -> None:
         kwargs.setdefault("write_timeout", max(10.0, 5 * settings.timeout))
         super().__init__(**kwargs)
         self._settings = settings
         self._pool = LazyPool(settings, autocommit=False, init_command=_SQL_MODE,
                               pool_recycle=300)
-        self._statements = {table: upsert_sql(table) for table in VALUE_COLUMNS}
+        self._aggregates = aggregates
+        self._statements = {name: upsert_sql(name, defn) for name, defn in aggregates.items()
+                            if "mysql" in defn.sinks}
 
     async def start(self) -> None:
         """Connect now if possible; the sink also starts while MySQL is down."""
@@ -147,7 +166,8 @@ class MySQLSink(Sink):
         updated_at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # DATETIME(3)
         for row in batch:
             try:
-                groups.setdefault(row.table, []).append(row_params(row, updated_at))
+                groups.setdefault(row.table, []).append(
+                    row_params(row, updated_at, self._aggregates))
             except (KeyError, TypeError, ValueError) as exc:
                 refused.append((row, f"malformed {row.table} row: {exc!r}"))
         if not groups:

@@ -13,6 +13,7 @@ from typing import Any
 
 import mode
 
+from collector.aggregates import Aggregate
 from collector.config import MySQLSettings
 from collector.drivers.mysql import LazyPool
 from collector.engine.windows import WindowSpec
@@ -33,9 +34,11 @@ class History(mode.Service):
         self._settings = settings
         self._pool = LazyPool(settings, minsize=0, maxsize=2, pool_recycle=300)
 
-    async def windows(self, query: ql.Query, spec: WindowSpec) -> list[dict[str, Any]]:
-        """The sink rows of ``query`` as response windows, or HistoryUnavailable."""
-        sql, args = ql.history_sql(query, spec.seconds)
+    async def windows(self, query: ql.Query, spec: WindowSpec,
+                      defn: Aggregate | None = None) -> list[dict[str, Any]]:
+        """The sink rows of ``query`` as response windows, or HistoryUnavailable
+        (``defn``: a configured aggregate's definition; None for a built-in)."""
+        sql, args = ql.history_sql(query, spec.seconds, defn)
         try:
             async with asyncio.timeout(self._settings.timeout * 2):
                 pool = await self._pool.get()
@@ -46,7 +49,7 @@ class History(mode.Service):
             log.warning("query history: MySQL unavailable: %r", exc)
             await self._drop()
             raise HistoryUnavailable(f"MySQL unavailable: {exc!r}") from exc
-        return [ql.history_window(query.table, spec, row) for row in rows]
+        return [ql.history_window(query.table, spec, row, defn) for row in rows]
 
     async def _drop(self) -> None:
         await self._pool.drop()

@@ -10,6 +10,7 @@ definitions.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -96,6 +97,22 @@ def _key_param(key: KeyField, route: str, sources: list[str]) -> dict[str, Any]:
     return _query_param(key.name, key.doc, **schema)
 
 
+#: the route that serves every configured aggregate (each is also described at its path)
+CONFIGURED_ROUTE = "/api/v1/aggregates/{name}"
+
+
+def _configured_op(aggregates: Sequence[Aggregate]) -> dict[str, Any]:
+    names = [d.name for d in aggregates if d.configured]
+    op = _query_op("windows of an aggregate declared in configuration ([aggregate.<name>]);"
+                   " its own path lists its key parameters",
+                   [{"name": "name", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": names} if names
+                     else {"type": "string"}}],
+                   _windows({}, {}))
+    op["get"]["responses"]["404"] = _json(_ERROR, "No aggregate of that name is configured.")
+    return op
+
+
 def _aggregate_op(defn: Aggregate, sources: list[str]) -> dict[str, Any]:
     """The query endpoint of an aggregate, from its definition."""
     return _query_op(f"{defn.name} windows ({defn.window}) {defn.summary}",
@@ -103,9 +120,12 @@ def _aggregate_op(defn: Aggregate, sources: list[str]) -> dict[str, Any]:
                      _windows({k: _STR for k in defn.key_names}, defn.values_schema()))
 
 
-def openapi_document(sources: list[str]) -> dict[str, Any]:
-    """The document for a worker configured with ``sources``."""
-    paths: dict[str, Any] = {d.route: _aggregate_op(d, sources) for d in DEFINITIONS}
+def openapi_document(sources: list[str],
+                     aggregates: Sequence[Aggregate] = DEFINITIONS) -> dict[str, Any]:
+    """The document for a worker configured with ``sources`` and ``aggregates`` (the
+    built-ins and those declared in configuration, each at its own path)."""
+    paths: dict[str, Any] = {d.route: _aggregate_op(d, sources) for d in aggregates}
+    paths[CONFIGURED_ROUTE] = _configured_op(aggregates)
     paths.update({
         "/api/v1/events/{source}": {"post": {
             "summary": "Ingest events (one object, an array, NDJSON, or a protobuf "

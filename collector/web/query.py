@@ -97,7 +97,8 @@ def local_stats(rt: Runtime, query: ql.Query, partitions: list[int]
     _check_local(rt, partitions, _owned(rt, [rt.settings.kafka.partials_topic]))
     spec = rt.specs.for_table(query.table)
     return ql.merged_windows(rt.merger.state.items(), query, spec, partitions,
-                             lambda partition: _merged_close_mark(rt, partition))
+                             lambda partition: _merged_close_mark(rt, partition),
+                             rt.specs.definition(query.table))
 
 
 def local_user(rt: Runtime, query: ql.Query, partition: int) -> list[dict[str, Any]]:
@@ -173,8 +174,16 @@ async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
                       ) -> dict[str, Any]:
     """Live windows over the sink's rows; without MySQL, the live ones, marked incomplete."""
     spec = rt.specs.for_table(query.table)
+    defn = rt.specs.definition(query.table)
+    if "mysql" not in defn.sinks:  # a configured aggregate written to InfluxDB only
+        kept_from = int(time.time() * 1000) - rt.specs.expires_ms
+        if query.from_ms >= kept_from:
+            return ql.response(query, spec, live)
+        return ql.response(query, spec, live, complete=False, incomplete=(
+            f"{query.table} is not written to MySQL: windows that started before "
+            f"{ql.rfc3339(kept_from)} (windows.expires_seconds) are only in InfluxDB"))
     try:
-        rows = await rt.sink_history.windows(query, spec)
+        rows = await rt.sink_history.windows(query, spec, defn if defn.configured else None)
     except HistoryUnavailable as exc:
         return ql.response(query, spec, live, complete=False, incomplete=str(exc))
     return ql.response(query, spec, ql.overlay(rows, live))
@@ -285,9 +294,30 @@ class UserActivityView(web.View):
             return _unavailable(self, exc)
 
 
+@blueprint.route("/api/v1/aggregates/{name}", name="aggregates")
+class ConfiguredAggregateView(web.View):
+    """Windows of an aggregate declared in configuration ([aggregate.<name>])."""
+
+    async def get(self, request: web.Request, name: str) -> web.Response:
+        rt = runtime_of(self)
+        defn = rt.specs.by_name.get(name)
+        if defn is None or not defn.configured:
+            configured = sorted(n for n, d in rt.specs.by_name.items() if d.configured)
+            return self.json({"error": f"no configured aggregate {name!r}; configured: "
+                              f"{', '.join(configured) or 'none'}", "field": "name"},
+                             status=404)
+
+        def parse() -> ql.Query:
+            return ql.parse_aggregate(defn, _params(request), rt.settings.kafka.sources,
+                                      int(time.time() * 1000))
+
+        return await _stats_view(self, request, parse)
+
+
 @blueprint.route("/api/openapi.json", name="openapi")
 class OpenAPIView(web.View):
     """The OpenAPI 3 description of every HTTP endpoint (public: no token needed)."""
 
     async def get(self, request: web.Request) -> web.Response:
-        return self.json(openapi_document(runtime_of(self).settings.kafka.sources))
+        rt = runtime_of(self)
+        return self.json(openapi_document(rt.settings.kafka.sources, rt.specs.aggregates))

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from collector.aggregates import BY_NAME, DEFINITIONS, WindowSpec
+from collector.aggregates import BY_NAME, DEFINITIONS, Aggregate, WindowSpec
 from collector.aggregates.definition import epoch_ms, naive_utc
 from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY
 from collector.models.contract import TYPE_RE, USER_ID_RE
@@ -130,6 +130,27 @@ def parse_user(user_id: str, params: Mapping[str, str], now_ms: int) -> Query:
     return Query(USER_ACTIVITY, from_ms, to_ms, {"user_id": user_id})
 
 
+#: a configured aggregate's key filter: any label up to a property string's 256 characters
+_VALUE_RE = re.compile(r"[^\x00-\x1f|]{1,256}")
+
+
+def parse_aggregate(defn: Aggregate, params: Mapping[str, str], sources: Sequence[str],
+                    now_ms: int) -> Query:
+    """A configured aggregate's query: each key column is an optional filter."""
+    key: dict[str, str | None] = {}
+    for k in defn.keys:
+        if k.sources:
+            key[k.name] = _optional(params, k.name, lambda v: v in sources,
+                                    f"must be one of {', '.join(sources)}")
+        else:
+            key[k.name] = _optional(params, k.name,
+                                    lambda v: _VALUE_RE.fullmatch(v) is not None,
+                                    "must be 1-256 characters without control characters "
+                                    "or '|'")
+    from_ms, to_ms = parse_range(params, now_ms)
+    return Query(defn.name, from_ms, to_ms, key)
+
+
 def parse_partitions(text: str | None, count: int) -> list[int] | None:
     """The internal ``partitions=0,2`` list of a scatter-gather sub-request."""
     if text is None:
@@ -159,14 +180,15 @@ def user_window_starts(query: Query, spec: WindowSpec) -> range:
 
 
 def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
-           agg: dict[str, Any], final: bool) -> dict[str, Any]:
-    """One window of the response."""
+           agg: dict[str, Any], final: bool, defn: Aggregate | None = None) -> dict[str, Any]:
+    """One window of the response (``defn``: the table's, when it is not a built-in)."""
+    defn = BY_NAME[table] if defn is None else defn
     return {
         "window_start": rfc3339(ws),
         "window_end": rfc3339(spec.end(ws)),
         "window_start_ms": ws,
-        "key": dict(zip(KEY_NAMES[table], key, strict=True)),
-        "values": BY_NAME[table].row_values(agg),
+        "key": dict(zip(defn.key_names, key, strict=True)),
+        "values": defn.row_values(agg),
         "final": final,
     }
 
@@ -174,12 +196,14 @@ def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
 def merged_windows(
     items: Iterable[tuple[str, dict[str, Any]]], query: Query, spec: WindowSpec,
     partitions: Iterable[int], close_mark: Callable[[int], int],
+    defn: Aggregate | None = None,
 ) -> list[dict[str, Any]]:
     """The merged-table windows matching ``query`` in ``partitions``.
 
     ``close_mark(partition)`` is the lowest close mark of every input slot there: the
     merged window is final once it has passed the window's end + grace.
     """
+    defn = BY_NAME[query.table] if defn is None else defn
     wanted = set(partitions)
     marks: dict[int, int] = {}
     out = []
@@ -191,9 +215,9 @@ def merged_windows(
         assert isinstance(partition, int)
         if partition not in marks:
             marks[partition] = close_mark(partition)
-        agg = BY_NAME[query.table].combine(list(value["slots"].values()))
+        agg = defn.combine(list(value["slots"].values()))
         final = spec.is_closed(value["ws"], marks[partition])
-        out.append(window(query.table, spec, value["key"], value["ws"], agg, final))
+        out.append(window(query.table, spec, value["key"], value["ws"], agg, final, defn))
     return sort_windows(out)
 
 
@@ -245,32 +269,41 @@ HISTORY_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def history_sql(query: Query, window_seconds: int) -> tuple[str, list[Any]]:
-    """SELECT of the sink rows for ``query``: window_start, key, values, final."""
-    keys = KEY_NAMES[query.table]
-    columns = ("window_start", *keys, *HISTORY_COLUMNS[query.table], "final")
+def history_sql(query: Query, window_seconds: int,
+                defn: Aggregate | None = None) -> tuple[str, list[Any]]:
+    """SELECT of the sink rows for ``query``: window_start, key, values, final.  A
+    configured aggregate's identifiers are quoted, as in its upsert."""
+    if defn is None:
+        table, keys = query.table, KEY_NAMES[query.table]
+        values = HISTORY_COLUMNS[query.table]
+    else:
+        table, keys = f"`{defn.name}`", tuple(f"`{k}`" for k in defn.key_names)
+        values = tuple(f"`{c.name}`" for c in defn.history_columns)
+    columns = ("window_start", *keys, *values, "final")
     where = ["window_seconds = %s", "window_start >= %s", "window_start < %s"]
     args: list[Any] = [window_seconds, naive_utc(query.from_ms), naive_utc(query.to_ms)]
     for name, value in query.key.items():
         if value is not None:
-            where.append(f"{name} = %s")
+            where.append(f"`{name}` = %s" if defn is not None else f"{name} = %s")
             args.append(value)
-    sql = (f"SELECT {', '.join(columns)} FROM {query.table} WHERE {' AND '.join(where)} "
+    sql = (f"SELECT {', '.join(columns)} FROM {table} WHERE {' AND '.join(where)} "
            f"ORDER BY window_start LIMIT {HISTORY_LIMIT}")
     return sql, args
 
 
-def history_window(table: str, spec: WindowSpec, row: Sequence[Any]) -> dict[str, Any]:
+def history_window(table: str, spec: WindowSpec, row: Sequence[Any],
+                   defn: Aggregate | None = None) -> dict[str, Any]:
     """One SELECT row of :func:`history_sql` as a response window."""
-    nkeys = len(KEY_NAMES[table])
+    defn = BY_NAME[table] if defn is None else defn
+    nkeys = len(defn.keys)
     ws = epoch_ms(row[0])
     key = [str(k) for k in row[1:1 + nkeys]]
-    values = BY_NAME[table].history_values(list(row[1 + nkeys:-1]))
+    values = defn.history_values(list(row[1 + nkeys:-1]))
     return {
         "window_start": rfc3339(ws),
         "window_end": rfc3339(spec.end(ws)),
         "window_start_ms": ws,
-        "key": dict(zip(KEY_NAMES[table], key, strict=True)),
+        "key": dict(zip(defn.key_names, key, strict=True)),
         "values": values,
         "final": bool(row[-1]),
     }

@@ -68,8 +68,10 @@ class Windows(BaseModel):
     to: str = Field(json_schema_extra={"format": "date-time"})
     window_seconds: int
     windows: list[Window] = Field(description="Sorted by window_start, then key.")
-    complete: bool = Field(description="False only when MySQL's history was unavailable: "
-                           "the live windows alone (a missing partition is a 503 instead).")
+    complete: bool = Field(description="False when MySQL's history was unavailable, or "
+                           "for a configured aggregate not written to MySQL whose range "
+                           "reaches past windows.expires_seconds: the live windows alone (a "
+                           "missing partition is a 503 instead).")
     incomplete: str | None = Field(None, description="Why complete is false.")
     partitions: list[int] | None = Field(
         None, description="scope=local: the partitions this worker answered for.")

@@ -91,7 +91,7 @@ ALLOWED: dict[str, set[str]] = {
     "observability": {"config", "sinks"},
     "adapters": {"config", "engine", "observability", "sinks", "models", "kafka"},
     "agents": {"config", "models", "engine", "adapters", "enrichment", "observability",
-               "sinks", "kafka"},
+               "sinks", "kafka", "db"},
     "web": {"config", "models", "engine", "agents", "observability", "sinks", "kafka",
             "adapters", "aggregates", "drivers"},
     "db": {"config", "enrichment", "aggregates", "models"},
