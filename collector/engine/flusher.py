@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
+from collector.engine.sessions import KIND, Due, SessionPlan, session_key, start_of
 from collector.engine.state import State
 from collector.sinks import Row
 
@@ -116,6 +117,16 @@ class Flusher:
     #: per tick: partition -> (least marks of its raw topics' slots, newest stream time)
     _by_partition: dict[int, tuple[Marks, int]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    #: session aggregates by table, and per sessions entry: start -> revision of the
+    #: final row MySQL confirmed (-1: its marker), when it next needs a visit, and
+    #: whether a confirmation asks for one now
+    sessions: dict[str, SessionPlan] = field(init=False)
+    session_confirmed: dict[str, dict[int, int]] = field(default_factory=dict)
+    session_due: dict[str, Due] = field(default_factory=dict)
+    session_visit: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.sessions = {a.name: SessionPlan.of(self.specs, a) for a in self.specs.sessioned}
 
     def rescan(self, assigned: Collection[tuple[str, int]]) -> None:
         """After start or rebalance: index what the recovered tables hold, flush it all."""
@@ -127,11 +138,16 @@ class Flusher:
         for key, value in self.state.items():
             if value.get("partition") in owned:
                 agg.index[key] = value["partition"]
-                if value.get("kind") in ("p", "u"):
+                if value.get("kind") in ("p", "u", KIND):
                     self.resend.add(key)
+                if value.get("kind") == KIND:  # its rows may be written: a moved start
+                    for session in value["ss"]:  # must leave a marker behind
+                        session["sent"] = True
+                    self.state.set(value["partition"], key, value)
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
+        self.session_due.clear()
         self.needs_rescan = False
         log.info("windows: re-indexed %d state keys after start/rebalance", len(agg.index))
 
@@ -139,6 +155,13 @@ class Flusher:
         for row in rows:
             if row.final and row.table == self.specs.anchor.name:
                 self.confirmed[user_key(row.key[0], row.window_start_ms)] = row.revision
+            elif row.final and row.table in self.sessions:
+                key = session_key(row.table, row.key[0])
+                marker = row.values.get("merged_into") is not None
+                confirmed = self.session_confirmed.setdefault(key, {})
+                confirmed[row.window_start_ms] = -1 if marker else row.revision
+                if marker:
+                    self.session_visit.add(key)
 
     async def tick(self, assigned: Collection[tuple[str, int]]) -> dict[str, int]:
         """One flush; returns counts (for logs and tests)."""
@@ -157,7 +180,11 @@ class Flusher:
         user_rows: list[Row] = []
         stats = {"partials": 0, "final_partials": 0, "user_rows": 0, "deleted": 0}
         for key, partition in list(agg.index.items()):
-            if partition not in owned_parts or key[0] not in "pu":
+            if partition not in owned_parts or key[0] not in "pug":
+                continue
+            if key[0] == KIND:
+                self._flush_sessions(key, partition, marks, key in dirty or key in resend,
+                                     key in resend, user_rows, to_delete)
                 continue
             if key not in dirty and key not in resend and not self._needs_visit(
                 key, partition, marks
@@ -211,11 +238,45 @@ class Flusher:
             self.final_sent.discard(key)
             self.confirmed.pop(key, None)
             self.pruned.discard(key)
+            self.session_due.pop(key, None)
+            self.session_confirmed.pop(key, None)
             stats["deleted"] += 1
         if user_rows:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
+
+    def _flush_sessions(self, key: str, partition: int, marks: dict[str, Marks],
+                        dirty: bool, resend: bool, rows: list[Row],
+                        to_delete: list[tuple[int, str]]) -> None:
+        """Emit a user's changed, newly final or (after a restart) all sessions and
+        markers; drop those whose last row MySQL confirmed and that nothing can change."""
+        plan = self.sessions[key.split(SEP, 2)[1]]
+        mark, st, ret = self._partition_marks(partition, marks)[0]
+        due = self.session_due.get(key)
+        if (not dirty and key not in self.session_visit and due is not None
+                and not due.reached(mark, plan.cut(st, ret))):
+            return  # most users, most ticks: no store read
+        self.session_visit.discard(key)
+        entry = self.state.get(partition, key)
+        if entry is None:
+            self.aggregator.index.pop(key, None)
+            self.session_due.pop(key, None)
+            return
+        confirmed = self.session_confirmed.get(key, {})
+        out, changed = plan.flush(entry, mark, st, ret, resend, confirmed.get)
+        for row in out:
+            confirmed.pop(row.window_start_ms, None)  # a newer row supersedes it
+        rows.extend(out)
+        if plan.empty(entry):
+            to_delete.append((partition, key))
+            return
+        if changed:
+            self.state.set(partition, key, entry)
+        live = {start_of(s) for s in entry["ss"]} | {m["s"] for m in entry["dead"]}
+        for start in [s for s in confirmed if s not in live]:
+            del confirmed[start]
+        self.session_due[key] = plan.due(entry)
 
     def _past_dedupe(self, ws: int, st: int) -> bool:
         return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st
