@@ -7,6 +7,7 @@ routing and HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from aiokafka.partitioner import murmur2
 
 from collector.aggregates import BY_NAME, DEFINITIONS, WindowSpec
 from collector.aggregates.definition import epoch_ms, naive_utc
-from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY
+from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY, USER_SESSIONS
 from collector.models.contract import TYPE_RE, USER_ID_RE
 from collector.models.validate import parse_rfc3339_ms
 
@@ -130,6 +131,11 @@ def parse_user(user_id: str, params: Mapping[str, str], now_ms: int) -> Query:
     return Query(USER_ACTIVITY, from_ms, to_ms, {"user_id": user_id})
 
 
+def parse_sessions(user_id: str, params: Mapping[str, str], now_ms: int) -> Query:
+    """One user's sessions that start in ``[from, to)``."""
+    return dataclasses.replace(parse_user(user_id, params, now_ms), table=USER_SESSIONS)
+
+
 def parse_partitions(text: str | None, count: int) -> list[int] | None:
     """The internal ``partitions=0,2`` list of a scatter-gather sub-request."""
     if text is None:
@@ -158,17 +164,41 @@ def user_window_starts(query: Query, spec: WindowSpec) -> range:
     return range(first, query.to_ms, spec.step_ms)
 
 
+def _end(spec: WindowSpec, ws: int, values: Mapping[str, Any]) -> int:
+    """A window's end; a session's is its last event."""
+    end: int = values["last_ts"] if spec.session else spec.end(ws)
+    return end
+
+
 def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
            agg: dict[str, Any], final: bool) -> dict[str, Any]:
     """One window of the response."""
+    values = BY_NAME[table].row_values(agg)
     return {
         "window_start": rfc3339(ws),
-        "window_end": rfc3339(spec.end(ws)),
+        "window_end": rfc3339(_end(spec, ws, values)),
         "window_start_ms": ws,
         "key": dict(zip(KEY_NAMES[table], key, strict=True)),
-        "values": BY_NAME[table].row_values(agg),
+        "values": values,
         "final": final,
     }
+
+
+def session_windows(entry: Mapping[str, Any] | None, query: Query, spec: WindowSpec,
+                    closed: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """A user's live sessions starting in the query's range (final once ``closed``, the
+    close mark, passed last + gap + grace, or once written final), and the starts that
+    are no session any more (markers): history rows there must not show."""
+    if entry is None:
+        return [], []
+    out = []
+    for session in entry["ss"]:
+        agg = session["agg"]
+        start = agg["first_ts"]
+        if query.wants(entry["key"], start):
+            final = bool(session["fin"]) or spec.is_closed(agg["last_ts"], closed)
+            out.append(window(query.table, spec, entry["key"], start, agg, final))
+    return sort_windows(out), sorted(m["s"] for m in entry["dead"])
 
 
 def merged_windows(
@@ -251,6 +281,8 @@ def history_sql(query: Query, window_seconds: int) -> tuple[str, list[Any]]:
     columns = ("window_start", *keys, *HISTORY_COLUMNS[query.table], "final")
     where = ["window_seconds = %s", "window_start >= %s", "window_start < %s"]
     args: list[Any] = [window_seconds, naive_utc(query.from_ms), naive_utc(query.to_ms)]
+    if BY_NAME[query.table].window == "session":
+        where.append("merged_into IS NULL")  # a marker: its session moved
     for name, value in query.key.items():
         if value is not None:
             where.append(f"{name} = %s")
@@ -266,14 +298,29 @@ def history_window(table: str, spec: WindowSpec, row: Sequence[Any]) -> dict[str
     ws = epoch_ms(row[0])
     key = [str(k) for k in row[1:1 + nkeys]]
     values = BY_NAME[table].history_values(list(row[1 + nkeys:-1]))
+    if spec.session:
+        values = {**values, "first_ts": ws}  # the session start is the row's key
+        values = {name: values[name] for name in BY_NAME[table].outputs}
     return {
         "window_start": rfc3339(ws),
-        "window_end": rfc3339(spec.end(ws)),
+        "window_end": rfc3339(_end(spec, ws, values)),
         "window_start_ms": ws,
         "key": dict(zip(KEY_NAMES[table], key, strict=True)),
         "values": values,
         "final": bool(row[-1]),
     }
+
+
+def overlay_sessions(history: Iterable[dict[str, Any]], live: list[dict[str, Any]],
+                     moved: Iterable[int]) -> list[dict[str, Any]]:
+    """Live sessions over the sink's rows: a row whose start is a marker in the state
+    (not yet written as one), or that lies inside a live session, is an older version
+    of a session that moved or merged."""
+    gone = set(moved)
+    spans = [(w["values"]["first_ts"], w["values"]["last_ts"]) for w in live]
+    kept = [w for w in history if w["window_start_ms"] not in gone
+            and not any(a <= w["window_start_ms"] <= b for a, b in spans)]
+    return overlay(kept, live)
 
 
 def overlay(history: Iterable[dict[str, Any]],
