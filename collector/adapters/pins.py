@@ -90,6 +90,17 @@ def _consumer_internals() -> None:
         raise AssertionError(f"CONSUMER_FETCHING is {CONSUMER_FETCHING!r}")
 
 
+def _stall_check() -> None:
+    """The stall check skips paused partitions and is told of direct deliveries."""
+    consumer = _faust_app().consumer
+    _has(consumer, "_paused_partitions", "verify_event_path")
+    if not isinstance(consumer._paused_partitions, set):
+        raise TypeError("faust Consumer._paused_partitions is not a set")
+    from faust.sensors.monitor import Monitor
+
+    _in_init(Monitor, "stream_inbound_time")
+
+
 def _producer_internals() -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.producer.message_accumulator import MessageAccumulator
@@ -156,6 +167,8 @@ PINS: list[Pin] = [
     Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
     Pin("faust Consumer._unacked_messages/_on_message_in/_commit_every/_n_acked/_stopped",
         "adapters/transport.py", _consumer_internals),
+    Pin("faust Consumer._paused_partitions/verify_event_path; Monitor.stream_inbound_time",
+        "adapters/transport.py", _stall_check),
     Pin("faust Producer._producer/.buffer.max_messages; AIOKafkaProducer._partitioner/"
         "_message_accumulator._compression_type", "adapters/output.py, adapters/tables.py",
         _producer_internals),

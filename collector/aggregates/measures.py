@@ -24,7 +24,7 @@ State = dict[str, Any]
 Getter = Callable[[Mapping[str, Any]], Any]
 _INT: dict[str, Any] = {"type": "integer"}
 _NUM: dict[str, Any] = {"type": "number"}
-_NUM_OR_NULL: dict[str, Any] = {"type": "number", "nullable": True}
+_NUM_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}  # OpenAPI 3.1 (JSON Schema)
 
 
 class Measure(Protocol):

@@ -1,16 +1,37 @@
-"""The OpenAPI 3 document of collector's HTTP endpoints, as a plain dict.
+"""The OpenAPI 3.1 document of collector's HTTP endpoints, as a plain dict.
 
 Built by a function (the source list comes from settings), served at
-``GET /api/openapi.json``; a test checks every route the server has is described.
+``GET /api/openapi.json``; a test checks every route the server has is described.  The
+bodies' schemas come from the pydantic models in :mod:`collector.web.schemas` (3.1, so
+they are JSON Schema 2020-12 as pydantic writes it), the query paths from the aggregate
+definitions.
 """
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from typing import Any
 
-from collector.aggregates import DEFINITIONS, Aggregate, KeyField
+from pydantic.json_schema import models_json_schema
 
+from collector.aggregates import DEFINITIONS, Aggregate, KeyField
+from collector.web.schemas import MODELS
+
+_REFS = "#/components/schemas/{model}"
 _ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _ref(model: str) -> dict[str, str]:
+    return {"$ref": _REFS.format(model=model)}
+
+
+@cache
+def component_schemas() -> dict[str, Any]:
+    """The models' schemas, once per process (pydantic takes milliseconds to build them)."""
+    _, top = models_json_schema([(m, "serialization") for m in MODELS], ref_template=_REFS)
+    schemas: dict[str, Any] = top["$defs"]
+    return schemas
 _TIME_DOC = "RFC 3339 with an offset (2026-01-01T00:00:00Z) or epoch milliseconds."
 
 
@@ -41,36 +62,16 @@ _QUERY_ERRORS = {
 
 
 def _windows(key: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    window = {
-        "type": "object",
-        "required": ["window_start", "window_end", "window_start_ms", "key", "values", "final"],
-        "properties": {
-            "window_start": {"type": "string", "format": "date-time"},
-            "window_end": {"type": "string", "format": "date-time"},
-            "window_start_ms": {"type": "integer"},
-            "key": {"type": "object", "properties": key},
-            "values": {"type": "object", "properties": values},
-            "final": {"type": "boolean", "description": "The window is closed; values "
-                      "will not change."},
-        },
-    }
-    return {
-        "type": "object",
-        "required": ["table", "from", "to", "window_seconds", "windows", "complete"],
-        "properties": {
-            "table": {"type": "string"},
-            "from": {"type": "string", "format": "date-time"},
-            "to": {"type": "string", "format": "date-time"},
-            "window_seconds": {"type": "integer"},
-            "windows": {"type": "array", "items": window,
-                        "description": "Sorted by window_start, then key."},
-            "complete": {"type": "boolean", "description": "Always true: a partial answer "
-                         "is a 503 instead."},
-        },
-    }
+    """The ``Windows`` body with one aggregate's key and values spelled out."""
+    schemas = component_schemas()
+    window = copy.deepcopy(schemas["Window"])
+    window["properties"]["key"] = {"type": "object", "properties": key}
+    window["properties"]["values"] = {"type": "object", "properties": values}
+    page = copy.deepcopy(schemas["Windows"])
+    page["properties"]["windows"]["items"] = window
+    return page
 
 
-_INT = {"type": "integer"}
 _STR = {"type": "string"}
 
 
@@ -120,12 +121,9 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
                 "application/x-protobuf": {"schema": {"type": "string",
                                                       "format": "binary"}}}},
             "responses": {
-                "202": _json({"type": "object", "properties": {
-                    "accepted": _INT, "rejected": {"type": "array", "items": {}},
-                    "rejected_total": _INT,
-                    "rejected_by_reason": {"type": "object", "additionalProperties": _INT}}},
-                    "The broker acknowledged every accepted event; `rejected` lists the "
-                    "first ingest.max_echoed_rejects rejects, the counts cover all."),
+                "202": _json(_ref("IngestResult"), "The broker acknowledged every accepted "
+                    "event; `rejected` lists the first ingest.max_echoed_rejects rejects, "
+                    "the counts cover all."),
                 "400": _json(_ERROR, "The body is not JSON (or not the protobuf message "
                                      "its Content-Type names), or Collector-Schema is not "
                                      "a supported version (unsupported_version)."),
@@ -145,19 +143,19 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
                           "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
         "/livez": {"get": {"summary": "Liveness: serves HTTP and its fetcher consumes",
                            "tags": ["ops"],
-                           "responses": {"200": _json({"type": "object"}, "Alive."),
-                                         "503": _json({"type": "object"},
+                           "responses": {"200": _json(_ref("Liveness"), "Alive."),
+                                         "503": _json(_ref("Liveness"),
                                                       "The fetcher died: restart.")}}},
         "/readyz": {"get": {
             "summary": "Readiness: recovered, commits progressing, topics writable",
             "tags": ["ops"],
-            "responses": {"200": _json({"type": "object"}, "Ready."),
-                          "503": _json({"type": "object"}, "Not ready; `reasons` says why.")}}},
+            "responses": {"200": _json(_ref("Readiness"), "Ready."),
+                          "503": _json(_ref("Readiness"), "Not ready; `reasons` says why.")}}},
         "/healthz/sinks": {"get": {
             "summary": "Sink health (not part of readiness)", "tags": ["ops"],
             "security": [{"bearer": []}, {}],
-            "responses": {"200": _json({"type": "object"}, "Every sink writes."),
-                          "503": _json({"type": "object"}, "A sink has been failing for "
+            "responses": {"200": _json(_ref("SinksHealth"), "Every sink writes."),
+                          "503": _json(_ref("SinksHealth"), "A sink has been failing for "
                                        "web.ready_sink_failing_seconds; `reasons` says which."),
                           "401": _json(_ERROR, "Wrong or missing bearer token.")}}},
         "/api/v1/summary": {"get": {
@@ -173,14 +171,12 @@ def openapi_document(sources: list[str]) -> dict[str, Any]:
             "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document.")}}},
     })
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "collector", "version": "1",
                  "description": "Event collection: HTTP ingest, window queries, operations."},
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": _STR, "field": _STR, "retry_after": _INT}}},
+            "schemas": component_schemas(),
         },
     }

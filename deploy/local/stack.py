@@ -30,7 +30,8 @@ import kafka_broker
 import probes
 
 LOCAL = Path(__file__).resolve().parents[2] / ".local"  # <project>/.local
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 30.0  # without a sign of progress
+READY_CAP = 600.0  # with one: a broker loading thousands of partitions is slow, not stuck
 STOP_GRACE = 20.0
 _PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 
@@ -210,19 +211,42 @@ CHECKS: dict[str, Callable[[Service, Settings], None]] = {
 }
 
 
+class Patience:
+    """How long to wait for a starting daemon: READY_TIMEOUT past its last sign of progress
+    (its log growing), at most READY_CAP in all.  A Kafka data dir with thousands of
+    partitions loads for more than 30 s while logging every one of them."""
+
+    def __init__(self, log: Path, now: float) -> None:
+        self.log, self.cap = log, now + READY_CAP
+        self.size = self._size()
+        self.deadline = now + READY_TIMEOUT
+
+    def _size(self) -> int:
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return -1
+
+    def expired(self, now: float) -> bool:
+        size = self._size()
+        if size != self.size:
+            self.size, self.deadline = size, min(now + READY_TIMEOUT, self.cap)
+        return now > self.deadline
+
+
 def wait_ready(svc: Service, settings: Settings, proc: subprocess.Popen[bytes] | None) -> None:
     """Probe until usable; give up early if the daemon we just started has died."""
-    deadline = time.monotonic() + READY_TIMEOUT
+    log = svc.file("log")
+    patience = Patience(log, time.monotonic())
     while True:
         try:
             return CHECKS[svc.name](svc, settings)
         except Exception as exc:
-            log = svc.file("log")
             if proc is not None and proc.poll() is not None:
                 raise StackError(f"{svc.name}: exited with {proc.returncode}, see {log}") from None
-            if time.monotonic() > deadline:
-                msg = f"{svc.name}: not ready after {READY_TIMEOUT:.0f}s ({exc}), see {log}"
-                raise StackError(msg) from None
+            if patience.expired(time.monotonic()):
+                msg = f"{svc.name}: not ready, no progress in its log for {READY_TIMEOUT:.0f}s"
+                raise StackError(f"{msg} ({exc}), see {log}") from None
             time.sleep(0.1)
 
 

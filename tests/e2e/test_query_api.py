@@ -234,3 +234,35 @@ async def test_openapi(served: Served) -> None:
         assert path in doc["paths"], path
     sources = doc["paths"]["/api/v1/stats/events"]["get"]["parameters"][0]["schema"]["enum"]
     assert sources == served.settings.kafka.sources
+
+
+async def test_the_answers_fit_the_served_document(served: Served) -> None:
+    """Every body this worker answers matches the schema its own document gives for it
+    (the schemas forbid undocumented fields, so a new field must be documented)."""
+    import jsonschema
+
+    _, _, doc = await served.get("/api/openapi.json", token=None)
+
+    def fits(body: Any, path: str, status: int) -> None:
+        schema = doc["paths"][path]["get"]["responses"][str(status)]["content"]
+        jsonschema.Draft202012Validator(
+            {"components": doc["components"], **schema["application/json"]["schema"]}
+        ).validate(body)
+
+    window = {"from": str(served.old_ms), "to": str(served.now_ms + MIN)}
+    user = served.users[0]
+    asked = [("/api/v1/stats/events", "/api/v1/stats/events", window),
+             ("/api/v1/segments", "/api/v1/segments", window),
+             ("/api/v1/segments", "/api/v1/segments", {**window, "scope": "local"}),
+             (f"/api/v1/users/{user}/activity", "/api/v1/users/{user_id}/activity", window),
+             ("/api/v1/stats/events", "/api/v1/stats/events", {"from": "yesterday"}),
+             ("/livez", "/livez", {}), ("/readyz", "/readyz", {})]
+    statuses = []
+    for url, path, params in asked:
+        status, _, body = await served.get(url, params)
+        fits(body, path, status)
+        statuses.append(status)
+    assert statuses == [200, 200, 200, 200, 400, 200, 200]
+    status, _, body = await served.get("/api/v1/segments", token="wrong")
+    fits(body, "/api/v1/segments", status)
+    assert status == 401

@@ -4,8 +4,11 @@ Rows that MySQL cannot take wait in memory; past ``sinks.max_pending_rows`` the 
 pauses its raw partitions and Kafka holds the backlog.  Meanwhile HTTP ingest answers
 202 (the Service must keep routing to the worker: ``/readyz`` stays 200), the pause
 shows in ``collector_backpressure_paused``, and once MySQL is back the rows catch up to
-the oracle exactly.  ``COLLECTOR_TEST_OUTAGE_S`` (default 20) and
-``COLLECTOR_TEST_OUTAGE_USERS`` (default 400) scale the scenario up for a manual run.
+the oracle exactly.  ``COLLECTOR_TEST_OUTAGE_S`` (default 20),
+``COLLECTOR_TEST_OUTAGE_USERS`` (default 400) and ``COLLECTOR_TEST_OUTAGE_RATE`` (events
+per second, default every user on both sources every 0.5 s) scale the scenario up for a
+manual run: 10,000 users at that default would be 40,000 events/s, more than one worker
+consumes, so a full-size run sets a rate and the users take turns.
 Printed lines start with ``[backpressure]``.
 """
 
@@ -50,6 +53,7 @@ __all__ = ["own_sinks"]  # the fixture, imported for this module's tests
 
 OUTAGE_S = float(os.environ.get("COLLECTOR_TEST_OUTAGE_S", "20"))
 USERS = int(os.environ.get("COLLECTOR_TEST_OUTAGE_USERS", "400"))
+RATE = int(os.environ.get("COLLECTOR_TEST_OUTAGE_RATE", "0")) or None  # events/s
 MAX_PENDING = 1000
 RSS_BOUND_MB = 900
 
@@ -130,7 +134,8 @@ async def test_mysql_outage_pauses_consumption_and_catches_up(
             marks["up"] = time.monotonic()
 
     events = await stream(settings, tag, users, batches=outage_batches + 6, pace_s=pace,
-                          rng=random.Random(11), after_batch=outage)
+                          rng=random.Random(11), after_batch=outage,
+                          per_batch=int(RATE * pace) if RATE else None)
     events += watch.ingested
     expected = expect(events, segments, **SMALL)
     hi = int(time.time() * 1000) + 60_000

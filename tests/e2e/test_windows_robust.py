@@ -163,19 +163,24 @@ async def stream(
     settings: Settings, tag: str, users: list[str], *, batches: int, pace_s: float,
     rng: random.Random, first_id: int = 0,
     after_batch: Callable[[int], Awaitable[None]] | None = None,
+    per_batch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every ``pace_s``: one event per user and source, event time now - [0, 300) ms."""
+    """Every ``pace_s``: one event per user and source, event time now - [0, 300) ms;
+    or, with ``per_batch``, the next ``per_batch`` of those (user, source) pairs in
+    turn, so that many users stay active at a bounded event rate."""
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
     await producer.start()
     events: list[dict[str, Any]] = []
+    pairs = [(u, s) for u in users for s in settings.kafka.sources]
+    size = len(pairs) if per_batch is None else min(per_batch, len(pairs))
     begin = time.monotonic()
     try:
         for i in range(batches):
             now_ms = int(time.time() * 1000)
+            turn = [pairs[(i * size + j) % len(pairs)] for j in range(size)]
             batch = [new_event(rng, tag, first_id + len(events) + j, user, source,
                                now_ms - rng.randrange(300))
-                     for j, (user, source) in enumerate(
-                         (u, s) for u in users for s in settings.kafka.sources)]
+                     for j, (user, source) in enumerate(turn)]
             events.extend(batch)
             futures = [await producer.send(settings.kafka.raw_topic(e["source"]), body(e),
                                            key=e["user_id"].encode()) for e in batch]

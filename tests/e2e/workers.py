@@ -16,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 FAUST = Path(sys.executable).with_name("faust")
 
 
+APP_IDS: list[str] = []  # every isolated app id of this run, whose topics go at its end
+
+
 def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
     """Settings that give a test its own app id, topics and state dir on the shared stack."""
     tag = uuid.uuid4().hex[:10]
+    APP_IDS.append(f"t{tag}")
     env = {
         "COLLECTOR_APP__ID": f"t{tag}",
         "COLLECTOR_APP__STORE": "memory",

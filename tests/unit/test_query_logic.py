@@ -157,7 +157,7 @@ def test_openapi_document_is_json_and_complete() -> None:
     import json
 
     doc = json.loads(json.dumps(openapi_document(SOURCES)))
-    assert doc["openapi"] == "3.0.3"
+    assert doc["openapi"] == "3.1.0"
     assert {"/api/v1/stats/events", "/api/v1/segments", "/api/v1/users/{user_id}/activity",
             "/api/v1/events/{source}", "/metrics", "/livez", "/readyz", "/",
             "/api/openapi.json"} <= set(doc["paths"])

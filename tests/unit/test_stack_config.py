@@ -167,3 +167,34 @@ def test_stop_terminates(stack_mod: ModuleType) -> None:
     # dead (a zombie counts as stopped): reaping must not block, whoever reaps it
     child.wait(timeout=5)
     assert not Path(f"/proc/{child.pid}").exists()
+
+
+def test_a_daemon_whose_log_grows_is_waited_for_past_the_ready_timeout(
+    stack_mod: ModuleType, tmp_path: Path
+) -> None:
+    """Kafka loading 7,000 partitions logged for over 30 s and `stack up` called it failed."""
+    log = tmp_path / "kafka.log"
+    log.write_text("starting\n")
+    timeout = stack_mod.READY_TIMEOUT
+    patience = stack_mod.Patience(log, 0.0)
+    assert not patience.expired(timeout - 1)
+    with log.open("a") as out:
+        out.write("loaded partition 1\n")
+    assert not patience.expired(timeout + 1)  # progress moved the deadline
+    assert not patience.expired(2 * timeout)
+    assert patience.expired(2 * timeout + 2)  # quiet for READY_TIMEOUT: stuck
+
+
+def test_a_growing_log_does_not_extend_the_wait_past_the_cap(
+    stack_mod: ModuleType, tmp_path: Path
+) -> None:
+    log = tmp_path / "kafka.log"
+    patience = stack_mod.Patience(log, 0.0)  # no log yet
+    now = 0.0
+    while now < stack_mod.READY_CAP:
+        now += stack_mod.READY_TIMEOUT / 2
+        log.write_text("x" * int(now))
+        if patience.expired(now):
+            break
+    assert now >= stack_mod.READY_CAP - stack_mod.READY_TIMEOUT
+    assert patience.expired(stack_mod.READY_CAP + 1)
