@@ -24,7 +24,6 @@ from typing import Any
 from collector.aggregates import Aggregate
 from collector.aggregates.definition import Fold
 from collector.engine.processor import RawRecord
-from collector.engine.sessions import SessionPlan, session_key
 from collector.engine.specs import Plan, Specs, plan, required_fields
 from collector.engine.state import State
 
@@ -93,7 +92,8 @@ class Aggregator:
     folded: set[tuple[str, int, int]] = field(default_factory=set)
     _anchor: Aggregate = field(init=False, repr=False)
     _partials: tuple[Plan, ...] = field(init=False, repr=False)
-    _sessions: tuple[SessionPlan, ...] = field(init=False, repr=False)
+    #: what an event late for its user window misses: that and the session aggregates
+    _user_tables: tuple[str, ...] = field(init=False, repr=False)
     _user_plan: tuple[str, int, int, Fold] = field(init=False, repr=False)
     #: ts, event_id, the user key, then every other field some key or fold requires
     _required: Callable[[dict[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
@@ -104,7 +104,7 @@ class Aggregator:
         specs = self.specs
         self._anchor = anchor = specs.anchor
         self._partials = tuple(plan(specs, a) for a in specs.aggregates if not a.per_user)
-        self._sessions = tuple(SessionPlan.of(specs, a) for a in specs.sessioned)
+        self._user_tables = (anchor.name, *(a.name for a in specs.sessioned))
         name, _, horizon, step, spec, _, fold = plan(specs, anchor)
         self._user_plan = (name, horizon, step, fold)
         self._required = itemgetter(*required_fields(specs.aggregates))
@@ -177,10 +177,10 @@ class Aggregator:
         # the newest window start that no event can update any more, per table
         expired = ret - self.specs.expires_ms
         missed: list[str] = []
-        user, horizon, step, fold = self._user_plan
+        _, horizon, step, fold = self._user_plan
         ws = ts - ts % step
         if ws <= max(st - horizon, expired):
-            missed.append(user)
+            missed += self._user_tables  # sessions are built from the user windows
         else:
             entry = self._user(touched, record, user_id, ws)
             if entry is not None:
@@ -193,14 +193,6 @@ class Aggregator:
                 if ws + self._user_size + self.specs.dedupe_ms > st:
                     ids[eid] = 1
                 fold(entry.value["agg"], event, ts)
-                self.folded.add((record.topic, record.partition, record.offset))
-        for sessions in self._sessions:
-            if ts <= max(st - sessions.horizon, expired):
-                missed.append(sessions.name)
-                continue
-            entry = self._session(touched, record, sessions, user_id)
-            if entry is not None:
-                sessions.add(entry.value, event, ts)
                 self.folded.add((record.topic, record.partition, record.offset))
         for name, hopping, horizon, step, spec, key_of, fold in self._partials:
             cut = st - horizon
@@ -247,6 +239,8 @@ class Aggregator:
         errors = []
         for table in missed:
             spec = self.specs.for_table(table)
+            if spec.session:  # built from the user windows: their window is what was missed
+                spec = self.specs.user
             start = spec.newest_start(event["ts"])
             if start + self.specs.expires_ms <= ret:
                 why = (f"its state expired: start more than {self.specs.expires_ms} ms before "
@@ -297,25 +291,6 @@ class Aggregator:
                          "key": [user_id], "ws": ws, "agg": anchor.new(), "offs": {},
                          "ids": {}}
             entry = touched[ukey] = _Touched(record.partition, value, dict(value["offs"]))
-        tp = f"{record.topic}|{record.partition}"
-        if record.offset <= entry.base_off.get(tp, -1):
-            return None
-        offs = entry.value["offs"]
-        if record.offset > offs.get(tp, -1):
-            offs[tp] = record.offset
-        return entry
-
-    def _session(self, touched: dict[str, _Touched], record: RawRecord, plan: SessionPlan,
-                 user_id: str) -> _Touched | None:
-        """The user's sessions entry, or None if it absorbed this offset before (its own
-        offsets: its changelog record may be lost apart from the user window's)."""
-        key = session_key(plan.name, user_id)
-        entry = touched.get(key)
-        if entry is None:
-            value = self.state.get(record.partition, key)
-            if value is None:
-                value = plan.new_entry(user_id, record.partition)
-            entry = touched[key] = _Touched(record.partition, value, dict(value["offs"]))
         tp = f"{record.topic}|{record.partition}"
         if record.offset <= entry.base_off.get(tp, -1):
             return None

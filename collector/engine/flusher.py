@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
-from collector.engine.sessions import KIND, Due, SessionPlan, session_key, start_of
+from collector.engine.sessions import KIND, Due, SessionPlan, copy_pane, session_key
 from collector.engine.state import State
 from collector.sinks import Row
 
@@ -140,10 +140,6 @@ class Flusher:
                 agg.index[key] = value["partition"]
                 if value.get("kind") in ("p", "u", KIND):
                     self.resend.add(key)
-                if value.get("kind") == KIND:  # its rows may be written: a moved start
-                    for session in value["ss"]:  # must leave a marker behind
-                        session["sent"] = True
-                    self.state.set(value["partition"], key, value)
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
@@ -178,14 +174,14 @@ class Flusher:
         pending: list[Awaitable[Any]] = []
         to_delete: list[tuple[int, str]] = []
         user_rows: list[Row] = []
+        #: (partition, user_id) -> the user windows (panes) that changed, by start
+        panes: dict[tuple[int, str], dict[int, dict[str, Any]]] = {}
         stats = {"partials": 0, "final_partials": 0, "user_rows": 0, "deleted": 0}
         for key, partition in list(agg.index.items()):
             if partition not in owned_parts or key[0] not in "pug":
                 continue
             if key[0] == KIND:
-                self._flush_sessions(key, partition, marks, key in dirty or key in resend,
-                                     key in resend, user_rows, to_delete)
-                continue
+                continue  # after the user windows, which are their panes
             if key not in dirty and key not in resend and not self._needs_visit(
                 key, partition, marks
             ):
@@ -210,6 +206,8 @@ class Flusher:
                 if gone and key in self.final_sent:
                     to_delete.append((partition, key))
                 continue
+            if self.sessions and (key in dirty or key in resend):
+                panes.setdefault((partition, entry["key"][0]), {})[ws] = entry["agg"]
             changed = self._prune_ids(key, entry, self._newest_st(partition, marks))
             if send:
                 if emit_final(entry, final, key in dirty) or changed:
@@ -222,6 +220,8 @@ class Flusher:
                 to_delete.append((partition, key))  # its last row is in every sink
             elif changed:
                 self.state.set(partition, key, entry)
+        if self.sessions:
+            self._flush_sessions(owned_parts, marks, panes, resend, user_rows, to_delete)
         # close marks go after the partials they cover: same producer, same partition order
         for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")
@@ -246,34 +246,55 @@ class Flusher:
             stats["user_rows"] = len(user_rows)
         return stats
 
-    def _flush_sessions(self, key: str, partition: int, marks: dict[str, Marks],
-                        dirty: bool, resend: bool, rows: list[Row],
-                        to_delete: list[tuple[int, str]]) -> None:
-        """Emit a user's changed, newly final or (after a restart) all sessions and
-        markers; drop those whose last row MySQL confirmed and that nothing can change."""
-        plan = self.sessions[key.split(SEP, 2)[1]]
-        mark, st, ret = self._partition_marks(partition, marks)[0]
-        due = self.session_due.get(key)
-        if (not dirty and key not in self.session_visit and due is not None
-                and not due.reached(mark, plan.cut(st, ret))):
-            return  # most users, most ticks: no store read
+    def _flush_sessions(
+        self, owned: set[int], marks: dict[str, Marks],
+        panes: dict[tuple[int, str], dict[int, dict[str, Any]]], resend: set[str],
+        rows: list[Row], to_delete: list[tuple[int, str]],
+    ) -> None:
+        """Copy the changed user windows into their users' sessions entries, then emit
+        those and every entry a close mark, a horizon or a confirmation is due for."""
+        index, visited = self.aggregator.index, set()
+        for (partition, user_id), changed in panes.items():
+            for table, plan in self.sessions.items():
+                key = session_key(table, user_id)
+                entry = self.state.get(partition, key) or plan.new_entry(user_id, partition)
+                for ws, agg in changed.items():
+                    entry["panes"][str(ws)] = copy_pane(agg)
+                index[key] = partition
+                visited.add(key)
+                self._flush_entry(key, partition, plan, entry, marks, key in resend, rows,
+                                  to_delete)
+        for key, partition in list(index.items()):
+            if key[0] != KIND or partition not in owned or key in visited:
+                continue
+            plan = self.sessions[key.split(SEP, 2)[1]]
+            due = self.session_due.get(key)
+            if (key not in resend and key not in self.session_visit and due is not None
+                    and not due.reached(*self._partition_marks(partition, marks)[0])):
+                continue  # most users, most ticks: no store read
+            held = self.state.get(partition, key)
+            if held is None:
+                index.pop(key, None)
+                self.session_due.pop(key, None)
+                continue
+            self._flush_entry(key, partition, plan, held, marks, key in resend, rows,
+                              to_delete)
+
+    def _flush_entry(self, key: str, partition: int, plan: SessionPlan,
+                     entry: dict[str, Any], marks: dict[str, Marks], resend: bool,
+                     rows: list[Row], to_delete: list[tuple[int, str]]) -> None:
         self.session_visit.discard(key)
-        entry = self.state.get(partition, key)
-        if entry is None:
-            self.aggregator.index.pop(key, None)
-            self.session_due.pop(key, None)
-            return
+        mark, st, ret = self._partition_marks(partition, marks)[0]
         confirmed = self.session_confirmed.get(key, {})
-        out, changed = plan.flush(entry, mark, st, ret, resend, confirmed.get)
+        out = plan.flush(entry, mark, st, ret, resend, confirmed.get)
         for row in out:
             confirmed.pop(row.window_start_ms, None)  # a newer row supersedes it
         rows.extend(out)
         if plan.empty(entry):
             to_delete.append((partition, key))
             return
-        if changed:
-            self.state.set(partition, key, entry)
-        live = {start_of(s) for s in entry["ss"]} | {m["s"] for m in entry["dead"]}
+        self.state.set(partition, key, entry)
+        live = {int(s) for s in entry["rows"]} | {m["s"] for m in entry["dead"]}
         for start in [s for s in confirmed if s not in live]:
             del confirmed[start]
         self.session_due[key] = plan.due(entry)

@@ -1,25 +1,30 @@
-"""Session windows per user: fold, merge, emit and expire a user's sessions.
+"""Session windows per user, built at flush time from the per-user tumbling windows.
 
-A user's sessions of one aggregate live in one state entry (``g|table|user_id``, in the
-user's partition, changelogged like the user windows), sorted by start.  Each event
-opens a proto-window ``[ts, ts + gap)``; sessions it touches (``first - gap < ts <
-last + gap``) merge, as in Beam's ``Sessions``, so a late event can bridge two sessions
-into one.  With the spec of :meth:`WindowSpec.sessions` (size = gap):
+A session is a run of a user's events with less than the gap between consecutive ones
+(Beam's ``Sessions``).  With a gap of at least the tumbling size, two events in one
+user window are less than a gap apart, so a user's sessions are exactly the chains of
+their non-empty user windows ("panes") in which each pane starts less than a gap after
+the previous one ends: count, distinct types, first and last event merge pane by pane.
+So sessions cost nothing per event: the fold, the event-id dedupe, the offset guards
+and the late rule are the user window's, and the flusher copies each changed pane (its
+absolute value, so a replay or a resend changes nothing) into the user's sessions entry
+``g|table|user_id`` (changelogged, in the user's partition).
 
-- an event is **late** when ``ts + gap + allowed lateness <= stream time`` (its own
-  proto-window is past the allowed lateness), or its state would have expired;
-- a session is **final** (its row written ``final``) once the close mark passed
-  ``last + gap + grace``; a later change rewrites it as ``revision + 1``;
-- a session is **gone** (dropped once its last final row is confirmed by MySQL) when no
-  event that is not late could touch it any more.
-
-The MySQL row of a session is keyed by its start.  When a session stops existing under
-the start its row was written with (absorbed by a bridging event, or its start moved
-earlier by an out-of-order event), the entry keeps a *marker* for that start until MySQL
-confirms it: the row is rewritten final with ``merged_into`` = the start of the session
-holding its events now and zero counts.  A marker is another absolute version of the
-row, so it keeps the sinks' at-least-once rules (a DELETE could be overtaken by a
-replayed upsert and resurrect the row), and ``SUM(count)`` over the table stays right.
+- Panes that no event can reach any more (the user window is gone) are folded into
+  ``pieces``, the sessions they form on their own: the entry stays bounded by the
+  allowed lateness, not by the length of a session.
+- A session is **final** once the close mark passed ``last + gap + grace``; a late event
+  that changes it (extends it, or bridges it with the next) rewrites it as ``revision +
+  1``.  It is **gone** once the user window an event would need to touch it is gone;
+  it is dropped when MySQL confirmed its last row.
+- A session's row is keyed by its start.  A start that stops being one (its session
+  was absorbed by a bridging event, or an out-of-order event moved the start earlier)
+  keeps a *marker* until MySQL confirms it: the row is rewritten final with zero counts
+  and ``merged_into`` = the start of the session that holds its events now.  A marker is
+  another absolute version of the row, so it keeps the sinks' at-least-once rules (a
+  DELETE could be overtaken by a replayed upsert and resurrect the row), and
+  ``SUM(count)`` over the table stays right.  A marker may point at a start that later
+  became a marker itself: follow ``merged_into`` to the session.
 """
 
 from __future__ import annotations
@@ -29,145 +34,106 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.aggregates import Aggregate, WindowSpec
-from collector.aggregates.definition import Fold
 from collector.engine.specs import Specs
 from collector.sinks import Row
 
 KIND = "g"
 SEP = "|"
+NEVER = 2**62
 
 Entry = dict[str, Any]
-Session = dict[str, Any]
+State = dict[str, Any]
 
 
 def session_key(table: str, user_id: str) -> str:
     return f"{KIND}{SEP}{table}{SEP}{user_id}"
 
 
-def start_of(session: Mapping[str, Any]) -> int:
-    start: int = session["agg"]["first_ts"]
-    return start
-
-
-def end_of(session: Mapping[str, Any]) -> int:
-    end: int = session["agg"]["last_ts"]
-    return end
+def copy_pane(agg: Mapping[str, Any]) -> State:
+    """An independent copy of a user window's state (its lists are mutated in place)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in agg.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class Due:
     """When an entry needs the flusher without a change of its own: the close mark at
-    which a session becomes final, and the horizon (``max(st - lateness horizon, ret -
-    expires)``) at which one is gone."""
+    which a session becomes final, and the stream time / highest close mark at which a
+    pane or a session is gone."""
 
     close: int
-    gone: int
+    st: int
+    ret: int
 
-    def reached(self, mark: int, cut: int) -> bool:
-        return mark >= self.close or cut >= self.gone
-
-
-NEVER = 2**62
+    def reached(self, mark: int, st: int, ret: int) -> bool:
+        return mark >= self.close or st >= self.st or ret >= self.ret
 
 
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
-    """One session-window aggregate, with the spec and fold chosen at start-up."""
+    """One session-window aggregate over the per-user tumbling windows (``pane``)."""
 
     name: str
     defn: Aggregate
     spec: WindowSpec
-    fold: Fold
+    pane: WindowSpec
     expires_ms: int
 
     @classmethod
     def of(cls, specs: Specs, defn: Aggregate) -> SessionPlan:
-        bound = defn.bound(specs.max_user_types)
-        return cls(defn.name, bound, specs.for_table(defn.name), bound.compile(),
-                   specs.expires_ms)
+        return cls(defn.name, defn.bound(specs.max_user_types), specs.for_table(defn.name),
+                   specs.user, specs.expires_ms)
 
     @property
     def gap(self) -> int:
         return self.spec.size_ms
 
-    @property
-    def horizon(self) -> int:
-        """``ts <= st - horizon``: the event's proto-window is past the allowed lateness."""
-        return self.spec.size_ms + self.spec.lateness_ms
-
-    def cut(self, st: int, ret: int) -> int:
-        """Events at or before this time are late (or their state expired)."""
-        return max(st - self.horizon, ret - self.expires_ms)
-
-    def is_late(self, ts: int, st: int, ret: int) -> bool:
-        return ts <= self.cut(st, ret)
-
     def new_entry(self, user_id: str, partition: int) -> Entry:
         return {"kind": KIND, "table": self.name, "partition": partition, "key": [user_id],
-                "offs": {}, "ss": [], "dead": []}
+                "panes": {}, "pieces": [], "rows": {}, "dead": []}
 
-    # ---------------------------------------------------------------- the fold
+    def _pane_gone(self, ws: int, st: int, ret: int) -> bool:
+        """The user window at ``ws`` takes no event any more (Specs.is_gone's rule)."""
+        return self.pane.is_late(ws, st) or ws + self.expires_ms <= ret
 
-    def add(self, entry: Entry, event: Mapping[str, Any], ts: int) -> None:
-        """Count one event: into the session(s) it touches, merged, or a new one."""
-        sessions: list[Session] = entry["ss"]
-        gap = self.gap
-        if sessions:  # the common case: in order, within the newest session's gap
-            newest = sessions[-1]
-            agg = newest["agg"]
-            if agg["first_ts"] <= ts < agg["last_ts"] + gap:  # touches no older session
-                self.fold(agg, event, ts)
-                newest["ch"] = True
-                return
-        touching = [i for i, s in enumerate(sessions)
-                    if s["agg"]["first_ts"] - gap < ts < s["agg"]["last_ts"] + gap]
-        if touching:
-            self._merge(entry, touching, event, ts)
-            return
-        session: Session = {"agg": self.defn.new(), "fin": False, "rev": 0, "sent": False,
-                            "ch": True}
-        self.fold(session["agg"], event, ts)
-        at = next((i for i, s in enumerate(sessions) if start_of(s) > ts), len(sessions))
-        sessions.insert(at, session)
+    def _reach(self, last: int) -> int:
+        """Start of the newest user window an event touching a session ending at
+        ``last`` may fall in (an event at ``last + gap - 1``)."""
+        return self.pane.newest_start(last + self.gap - 1)
 
-    def _merge(self, entry: Entry, touching: list[int], event: Mapping[str, Any],
-               ts: int) -> None:
-        """Fold ``event`` into the earliest touched session, absorbing the others; a
-        start that a written row no longer stands for gets a marker."""
-        sessions: list[Session] = entry["ss"]
-        keep = sessions[touching[0]]
-        old = {start_of(keep): keep}
-        for i in touching[1:]:
-            other = sessions[i]
-            old[start_of(other)] = other
-            self.defn.merge(keep["agg"], other["agg"])
-            keep["fin"] = keep["fin"] or other["fin"]
-            keep["rev"] = max(keep["rev"], other["rev"])
-        for i in reversed(touching[1:]):
-            del sessions[i]
-        self.fold(keep["agg"], event, ts)
-        keep["ch"] = True
-        start = start_of(keep)
-        dead: list[dict[str, Any]] = entry["dead"]
-        for marker in dead:
-            if marker["into"] in old:
-                marker["into"] = start
-        for was, session in old.items():
-            if was != start and session["sent"]:
-                dead.append({"s": was, "into": start, "sent": False,
-                             "rev": session["rev"] + 1 if session["fin"] else 0})
-        if start not in old:
-            keep["sent"] = False  # its row is a new one
-        entry["dead"] = [m for m in dead if m["s"] != start]
+    # ------------------------------------------------------------------ panes
 
-    # ---------------------------------------------------------------- the flush
+    def chain(self, parts: list[State]) -> list[State]:
+        """Sessions of time-ordered, non-overlapping parts (panes or pieces): a part
+        starting less than a gap after the previous one's last event continues it."""
+        out: list[State] = []
+        for part in parts:
+            if out and part["first_ts"] - out[-1]["last_ts"] < self.gap:
+                self.defn.merge(out[-1], part)
+            else:
+                out.append(copy_pane(part))
+        return out
 
-    def row(self, entry: Entry, session: Session, final: bool) -> Row:
-        agg = session["agg"]
+    def compact(self, entry: Entry, st: int, ret: int) -> bool:
+        """Fold panes no event can reach into ``pieces`` (oldest first); True if any."""
+        panes: dict[str, State] = entry["panes"]
+        done = sorted(int(ws) for ws in panes if self._pane_gone(int(ws), st, ret))
+        if not done:
+            return False
+        entry["pieces"] = self.chain([*entry["pieces"], *(panes.pop(str(ws)) for ws in done)])
+        return True
+
+    def sessions(self, entry: Entry) -> list[State]:
+        panes = entry["panes"]
+        ordered = [panes[ws] for ws in sorted(panes, key=int)]
+        return self.chain([*entry["pieces"], *ordered])
+
+    # ------------------------------------------------------------------ flush
+
+    def row(self, entry: Entry, agg: State, final: bool, revision: int) -> Row:
         return Row(table=self.name, window_start_ms=agg["first_ts"],
                    window_seconds=self.spec.seconds, key=(entry["key"][0],),
                    values=self.defn.row_values(agg), final=final,
-                   latest_event_ms=agg["latest"], revision=session["rev"])
+                   latest_event_ms=agg["latest"], revision=revision)
 
     def marker_row(self, entry: Entry, marker: Mapping[str, Any]) -> Row:
         agg = self.defn.new()
@@ -178,55 +144,78 @@ class SessionPlan:
                    revision=marker["rev"])
 
     def flush(self, entry: Entry, mark: int, st: int, ret: int, resend: bool,
-              confirmed: Callable[[int], int | None]) -> tuple[list[Row], bool]:
-        """Rows to write for ``entry`` (changed, newly final, or all on ``resend``), and
-        whether the entry changed.  ``confirmed(start)`` is the revision of the final
-        row at ``start`` that MySQL confirmed (None: none), or for a marker -1."""
-        rows: list[Row] = []
-        changed = False
-        cut = self.cut(st, ret)
-        kept: list[Session] = []
-        for session in entry["ss"]:
-            last = end_of(session)
-            gone = last + self.gap <= cut
-            final = gone or session["fin"] or self.spec.is_closed(last, mark)
-            if session["ch"] or resend or (final and not session["fin"]):
-                if final and session["fin"] and session["ch"]:
-                    session["rev"] += 1
-                session["fin"] = session["fin"] or final
-                session["ch"] = False
-                session["sent"] = True
-                rows.append(self.row(entry, session, final))
-                changed = True
-            elif gone and confirmed(start_of(session)) == session["rev"]:
-                changed = True
-                continue  # its last row is in MySQL: nothing can change it any more
-            kept.append(session)
-        entry["ss"] = kept
-        markers = []
+              confirmed: Callable[[int], int | None]) -> list[Row]:
+        """Rows to write for ``entry``: changed or newly final sessions (all of them on
+        ``resend``), markers for starts that stopped being sessions.  Drops sessions
+        whose last row MySQL confirmed (``confirmed(start)``: its revision, -1 for a
+        marker) and that nothing can change.  Updates ``entry`` in place."""
+        self.compact(entry, st, ret)
+        out: list[Row] = []
+        rows: dict[str, dict[str, Any]] = entry["rows"]  # start -> what was written there
+        sessions = self.sessions(entry)
+        starts = {str(s["first_ts"]) for s in sessions}
+        for was in [w for w in rows if w not in starts]:  # absorbed, or its start moved
+            into = next((s["first_ts"] for s in sessions
+                         if s["first_ts"] <= int(was) <= s["last_ts"]), None)
+            old = rows.pop(was)
+            if into is not None:
+                # its revision and finality carry over to the session now holding it
+                holder = rows.setdefault(str(into), {"fin": False, "rev": 0, "n": -1,
+                                                     "last": -1})
+                holder["fin"] = holder["fin"] or old["fin"]
+                holder["rev"] = max(holder["rev"], old["rev"])
+                entry["dead"].append({"s": int(was), "into": into, "sent": False,
+                                      "rev": old["rev"] + 1 if old["fin"] else 0})
+        dropped, prefix = -1, True
+        for agg in sessions:
+            start, last = agg["first_ts"], agg["last_ts"]
+            written = rows.get(str(start))
+            gone = self._pane_gone(self._reach(last), st, ret)
+            final = gone or self.spec.is_closed(last, mark) or bool(written and written["fin"])
+            changed = written is None or (written["n"], written["last"]) != (agg["count"], last)
+            if changed or resend or (final and not written["fin"]):  # type: ignore[index]
+                prev: dict[str, Any] = written or {"fin": False, "rev": 0}
+                rev = prev["rev"] + 1 if (prev["fin"] and final and changed) else prev["rev"]
+                rows[str(start)] = {"fin": prev["fin"] or final, "rev": rev, "n": agg["count"],
+                                    "last": last}
+                out.append(self.row(entry, agg, final, rev))
+                prefix = False
+            elif prefix and gone and confirmed(start) == written["rev"]:  # type: ignore[index]
+                dropped = last  # its last row is in MySQL: nothing can change it
+                del rows[str(start)]
+                continue
+            prefix = False
+        if dropped >= 0:  # the oldest sessions, gone: made of pieces only
+            entry["pieces"] = [p for p in entry["pieces"] if p["first_ts"] > dropped]
+        kept = []
         for marker in entry["dead"]:
+            if marker["s"] in (int(s) for s in starts):
+                continue  # a session starts there again: its row replaces the marker
             if marker["sent"] and not resend and confirmed(marker["s"]) == -1:
-                changed = True
                 continue
             if not marker["sent"] or resend:
                 marker["sent"] = True
-                rows.append(self.marker_row(entry, marker))
-                changed = True
-            markers.append(marker)
-        entry["dead"] = markers
-        return rows, changed
+                out.append(self.marker_row(entry, marker))
+            kept.append(marker)
+        entry["dead"] = kept
+        return out
 
     def due(self, entry: Entry) -> Due:
         """The next :class:`Due` of ``entry`` (after a flush visited it)."""
-        close = gone = NEVER
-        grace = self.spec.grace_ms
-        for session in entry["ss"]:
-            last = end_of(session)
-            if not session["fin"]:
-                close = min(close, last + self.gap + grace)
-            gone = min(gone, last + self.gap)
-        return Due(close, gone)
+        close = st = ret = NEVER
+        lateness = self.pane.size_ms + self.pane.lateness_ms
+        for ws in entry["panes"]:
+            st = min(st, int(ws) + lateness)
+            ret = min(ret, int(ws) + self.expires_ms)
+        for agg in self.sessions(entry):
+            last = agg["last_ts"]
+            written = entry["rows"].get(str(agg["first_ts"]))
+            if not (written and written["fin"]):
+                close = min(close, last + self.gap + self.spec.grace_ms)
+            reach = self._reach(last)
+            st, ret = min(st, reach + lateness), min(ret, reach + self.expires_ms)
+        return Due(close, st, ret)
 
     @staticmethod
     def empty(entry: Entry) -> bool:
-        return not entry["ss"] and not entry["dead"]
+        return not entry["panes"] and not entry["pieces"] and not entry["dead"]

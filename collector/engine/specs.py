@@ -46,8 +46,13 @@ class Specs:
         if len(users) != 1:
             raise ValueError(f"exactly one per-user aggregate is supported, got {users}")
         self.anchor = next(a for a in self.aggregates if a.name == users[0])
-        if any(not a.per_user for a in self.sessioned):
-            raise ValueError("a session window is per user (its events meet in one partition)")
+        for a in self.sessioned:  # built from the anchor's windows (engine/sessions.py)
+            if not a.per_user or a.measures != self.anchor.measures:
+                raise ValueError(f"{a.name}: a session window is per user, with the measures "
+                                 f"of {self.anchor.name} (its sessions are chains of its windows)")
+            if self.session.size_ms < self.user.size_ms:
+                raise ValueError(f"{a.name}: the session gap must be at least the "
+                                 f"{self.anchor.name} window ({self.user.seconds} s)")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Specs:

@@ -138,9 +138,19 @@ def local_sessions(rt: Runtime, query: ql.Query, partition: int
     user_id = query.key["user_id"]
     assert user_id is not None
     entry = rt.window_state.get(partition, session_key(query.table, user_id))
+    if entry is None:
+        return [], []
+    plan = rt.flusher.sessions[query.table]
     slots = [rt.aggregator.slot(t, partition) for t in raw_topics]
     closed = min(max(s["wm"], s["idle"]) for s in slots)  # as the flusher computes it
-    return ql.session_windows(entry, query, rt.specs.for_table(query.table), closed)
+    rows = entry["rows"]
+    sessions = [(agg, bool(rows.get(str(agg["first_ts"]), {}).get("fin")))
+                for agg in plan.sessions(entry)]
+    live = ql.session_windows(sessions, user_id, query, plan.spec, closed)
+    # starts that are no session now: markers, and rows written there before a merge
+    starts = {agg["first_ts"] for agg, _ in sessions}
+    moved = {m["s"] for m in entry["dead"]} | {int(s) for s in rows if int(s) not in starts}
+    return live, sorted(moved)
 
 
 async def sessions_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]],

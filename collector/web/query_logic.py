@@ -184,21 +184,18 @@ def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
     }
 
 
-def session_windows(entry: Mapping[str, Any] | None, query: Query, spec: WindowSpec,
-                    closed: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """A user's live sessions starting in the query's range (final once ``closed``, the
-    close mark, passed last + gap + grace, or once written final), and the starts that
-    are no session any more (markers): history rows there must not show."""
-    if entry is None:
-        return [], []
+def session_windows(sessions: Iterable[tuple[dict[str, Any], bool]], user_id: str,
+                    query: Query, spec: WindowSpec, closed: int) -> list[dict[str, Any]]:
+    """A user's live sessions (state, whether its row was written final) that start in
+    the query's range; final once ``closed``, the close mark, passed last + gap + grace
+    (the flusher's rule), or once written final."""
     out = []
-    for session in entry["ss"]:
-        agg = session["agg"]
+    for agg, written_final in sessions:
         start = agg["first_ts"]
-        if query.wants(entry["key"], start):
-            final = bool(session["fin"]) or spec.is_closed(agg["last_ts"], closed)
-            out.append(window(query.table, spec, entry["key"], start, agg, final))
-    return sort_windows(out), sorted(m["s"] for m in entry["dead"])
+        if query.wants([user_id], start):
+            final = written_final or spec.is_closed(agg["last_ts"], closed)
+            out.append(window(query.table, spec, [user_id], start, agg, final))
+    return sort_windows(out)
 
 
 def merged_windows(

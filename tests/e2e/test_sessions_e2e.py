@@ -131,7 +131,9 @@ async def test_sessions_merge_move_and_close_like_the_oracle(
     rng.shuffle(first)  # out of order within and across sessions
     await s.produce(first)
     rows = await rows_equal(s, session_oracle(first, gap_ms=GAP_MS))
-    assert all(into is None for _, _, into in rows.values())  # nothing moved yet
+    # shuffled across flushes, a session may have been written under a later start
+    # first: such a start is a marker by now (rows_equal checked they lead to sessions)
+    before = {k for k, v in rows.items() if v[2] is not None}
 
     # stragglers, ~30 min behind stream time (inside the allowed lateness of 40 min, for
     # every table): bridges between the +0 and +9 sessions of four users, and events 1 min
@@ -147,7 +149,7 @@ async def test_sessions_merge_move_and_close_like_the_oracle(
     expected = session_oracle(counted, gap_ms=GAP_MS)
     rows = await rows_equal(s, expected)
     markers = {k: v[2] for k, v in rows.items() if v[2] is not None}
-    assert {(start, uid) for start, uid in markers} == (
+    assert set(markers) - before == (
         {(start_before(first, u, base + 9 * MIN), u) for u in users[:4]}
         | {(start_before(first, u, base + 20 * MIN), u) for u in users[4:]})
     dead = await s.dead_letters(len(too_late))
@@ -173,7 +175,8 @@ async def test_sessions_merge_move_and_close_like_the_oracle(
         (i[1], v["count"]) for i, v in expected.items() if i[3] == (user,))
     report(f"{len(counted)} events of {len(users)} users in {len(expected)} sessions: MySQL "
            f"and InfluxDB equal the oracle after {len(bridges)} bridging and {len(movers)} "
-           f"start-moving stragglers ({len(markers)} marker rows), {len(retried)} retries "
+           f"start-moving stragglers ({len(markers)} marker rows, {len(before)} of them "
+           f"from the shuffled first load), {len(retried)} retries "
            f"not counted, {len(late)} of {len(too_late)} too-late events dead-lettered")
 
 

@@ -227,16 +227,14 @@ def test_openapi_describes_every_registered_route() -> None:
     assert routes <= set(openapi_document(SOURCES)["paths"])
 
 
-def _sessions_entry() -> dict[str, Any]:
-    entry: dict[str, Any] = {"kind": "g", "table": "user_sessions", "partition": 0,
-                             "key": ["u1"], "offs": {}, "ss": [], "dead": []}
+def _sessions() -> list[tuple[dict[str, Any], bool]]:
+    out = []
     for start, count, fin in ((T0, 3, True), (T0 + 3_600_000, 2, False)):
         agg = USER_SESSIONS.new()
         agg.update(count=count, types=["click"], first_ts=start, last_ts=start + 60_000,
                    latest=start + 60_000)
-        entry["ss"].append({"agg": agg, "fin": fin, "rev": 0, "sent": True, "ch": False})
-    entry["dead"].append({"s": T0 + 3_700_000, "into": T0 + 3_600_000, "sent": True, "rev": 0})
-    return entry
+        out.append((agg, fin))
+    return out
 
 
 def test_sessions_live_history_and_markers() -> None:
@@ -247,12 +245,12 @@ def test_sessions_live_history_and_markers() -> None:
         ql.parse_sessions("bad id!", {}, T0)
     # the second session (last at T0+61 min) is final once the close mark passed
     # last + gap + grace; the first was written final before
-    live, moved = ql.session_windows(_sessions_entry(), query, spec, T0 + 3_660_000)
+    live = ql.session_windows(_sessions(), "u1", query, spec, T0 + 3_660_000)
+    moved = [T0 + 3_700_000]  # a marker's start
     assert [(w["window_start_ms"], w["values"]["count"], w["final"]) for w in live] == [
         (T0, 3, True), (T0 + 3_600_000, 2, False)]
     assert live[0]["window_end"] == ql.rfc3339(T0 + 60_000)  # a session ends at its last event
-    assert moved == [T0 + 3_700_000]
-    assert ql.session_windows(None, query, spec, 0) == ([], [])
+    assert ql.session_windows([], "u1", query, spec, 0) == []
     # history: markers are filtered in SQL; a row at a moved start or inside a live session
     # is an older version and gives way
     sql, _ = ql.history_sql(query, spec.seconds)

@@ -8,11 +8,13 @@ sessions, a retry, an event past the allowed lateness, a quiet stream, a restart
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
 import pytest
 
+from collector.aggregates import DEFINITIONS, USER_SESSIONS, Count
 from collector.engine.aggregator import Specs
 from collector.engine.sessions import session_key
 from collector.engine.windows import WindowSpec
@@ -120,10 +122,9 @@ async def test_a_late_event_bridges_two_emitted_sessions(specs: Specs) -> None:
     assert marker.final and marker.values["merged_into"] == T0
     assert marker.values["count"] == 0 and marker.values["types"] == []
     # confirmed by the sink: the marker leaves the state, the sessions stay
-    entry = loop.agg.state.get(0, session_key("user_sessions", "u1"))
     await loop.tick()
     entry = loop.agg.state.get(0, session_key("user_sessions", "u1"))
-    assert entry is not None and entry["dead"] == [] and len(entry["ss"]) == 2
+    assert entry is not None and entry["dead"] == [] and len(entry["rows"]) == 2
 
 
 async def test_an_out_of_order_event_moves_the_start_and_marks_the_old_row(
@@ -153,12 +154,13 @@ async def test_an_event_past_the_allowed_lateness_is_dead_lettered(specs: Specs)
     loop, send = await started(specs, clock)
     now = [event("u1", "click", T0 + 2 * 3_600_000)]
     assert send(now) == []
-    # its proto-window [ts, ts + gap) ended allowed lateness + 1 ms before stream time
-    too_late = event("u1", "view", T0 + 2 * 3_600_000 - 3_600_000 - GAP_MS)
-    inside = event("u2", "view", T0 + 2 * 3_600_000 - 3_600_000 - GAP_MS + 1)
+    # sessions are chains of the user windows: late with its user window, whose end +
+    # allowed lateness (T0 + 1 h + 1 min + 1 h) is past stream time (T0 + 2 h)
+    too_late = event("u1", "view", T0 + 3_600_000 - 1)
+    inside = event("u2", "view", T0 + 3_600_000)
     lates = send([too_late, inside])
-    # both are late for the tumbling tables; only the first for its session
     assert [late.event for late in lates if "user_sessions" in late.tables] == [too_late]
+    assert {"user_activity", "user_sessions"} <= set(lates[0].tables)
     errors = [e for e in lates[0].errors if e["loc"] == "user_sessions"]
     assert "allowed lateness" in errors[0]["msg"]
     await settle(loop, clock)
@@ -272,3 +274,13 @@ async def test_random_traffic_matches_the_oracle(specs: Specs, seed: int) -> Non
     assert len(into) >= 3  # bridges and moved starts happened
     assert any(r.revision > 0 for r in rows)  # and corrections of final rows
     assert sum(r.values["count"] for r in rows) == len(counted)
+
+
+def test_a_session_window_needs_the_user_windows_measures_and_gap() -> None:
+    other = dataclasses.replace(USER_SESSIONS, measures=(Count("count"),))
+    with pytest.raises(ValueError, match="with the measures of user_activity"):
+        Specs(WindowSpec.tumbling(60, 60), WindowSpec.hopping(300, 60, 60),
+              aggregates=(*DEFINITIONS[:3], other))
+    with pytest.raises(ValueError, match="at least the user_activity window"):
+        Specs(WindowSpec.tumbling(60, 60), WindowSpec.hopping(300, 60, 60),
+              WindowSpec.sessions(30, 60))
