@@ -258,12 +258,14 @@ class Flusher:
             for table, plan in self.sessions.items():
                 key = session_key(table, user_id)
                 entry = self.state.get(partition, key) or plan.new_entry(user_id, partition)
+                updated = []
                 for ws, agg in changed.items():
                     entry["panes"][str(ws)] = copy_pane(agg)
+                    updated.append(str(ws))
                 index[key] = partition
                 visited.add(key)
                 self._flush_entry(key, partition, plan, entry, marks, key in resend, rows,
-                                  to_delete)
+                                  to_delete, updated)
         for key, partition in list(index.items()):
             if key[0] != KIND or partition not in owned or key in visited:
                 continue
@@ -282,11 +284,12 @@ class Flusher:
 
     def _flush_entry(self, key: str, partition: int, plan: SessionPlan,
                      entry: dict[str, Any], marks: dict[str, Marks], resend: bool,
-                     rows: list[Row], to_delete: list[tuple[int, str]]) -> None:
+                     rows: list[Row], to_delete: list[tuple[int, str]],
+                     updated: Collection[str] = ()) -> None:
         self.session_visit.discard(key)
         mark, st, ret = self._partition_marks(partition, marks)[0]
         confirmed = self.session_confirmed.get(key, {})
-        out = plan.flush(entry, mark, st, ret, resend, confirmed.get)
+        out, due = plan.flush(entry, mark, st, ret, resend, confirmed.get, updated)
         for row in out:
             confirmed.pop(row.window_start_ms, None)  # a newer row supersedes it
         rows.extend(out)
@@ -294,10 +297,11 @@ class Flusher:
             to_delete.append((partition, key))
             return
         self.state.set(partition, key, entry)
-        live = {int(s) for s in entry["rows"]} | {m["s"] for m in entry["dead"]}
-        for start in [s for s in confirmed if s not in live]:
-            del confirmed[start]
-        self.session_due[key] = plan.due(entry)
+        if confirmed:
+            live = {int(s) for s in entry["rows"]} | {m["s"] for m in entry["dead"]}
+            for start in [s for s in confirmed if s not in live]:
+                del confirmed[start]
+        self.session_due[key] = due
 
     def _past_dedupe(self, ws: int, st: int) -> bool:
         return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st

@@ -29,7 +29,7 @@ absolute value, so a replay or a resend changes nothing) into the user's session
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +113,18 @@ class SessionPlan:
                 out.append(copy_pane(part))
         return out
 
-    def compact(self, entry: Entry, st: int, ret: int) -> bool:
-        """Fold panes no event can reach into ``pieces`` (oldest first); True if any."""
+    def compact(self, entry: Entry, st: int, ret: int) -> list[str]:
+        """Fold panes no event can reach into ``pieces`` (oldest first, and panes go in
+        start order); the remaining pane starts, oldest first."""
         panes: dict[str, State] = entry["panes"]
-        done = sorted(int(ws) for ws in panes if self._pane_gone(int(ws), st, ret))
-        if not done:
-            return False
-        entry["pieces"] = self.chain([*entry["pieces"], *(panes.pop(str(ws)) for ws in done)])
-        return True
+        order = sorted(panes, key=int)
+        done = 0
+        while done < len(order) and self._pane_gone(int(order[done]), st, ret):
+            done += 1
+        if done:
+            entry["pieces"] = self.chain([*entry["pieces"],
+                                          *(panes.pop(ws) for ws in order[:done])])
+        return order[done:]
 
     def sessions(self, entry: Entry) -> list[State]:
         panes = entry["panes"]
@@ -144,52 +148,89 @@ class SessionPlan:
                    revision=marker["rev"])
 
     def flush(self, entry: Entry, mark: int, st: int, ret: int, resend: bool,
-              confirmed: Callable[[int], int | None]) -> list[Row]:
-        """Rows to write for ``entry``: changed or newly final sessions (all of them on
-        ``resend``), markers for starts that stopped being sessions.  Drops sessions
-        whose last row MySQL confirmed (``confirmed(start)``: its revision, -1 for a
-        marker) and that nothing can change.  Updates ``entry`` in place."""
-        self.compact(entry, st, ret)
+              confirmed: Callable[[int], int | None],
+              updated: Collection[str] = ()) -> tuple[list[Row], Due]:
+        """Rows to write for ``entry`` (changed or newly final sessions, all of them on
+        ``resend``; markers for starts that stopped being sessions) and when it is due
+        next.  ``updated``: the pane starts copied in since the last flush.  Sessions
+        are delimited on event times alone; only those that may need a row are merged
+        (the hot path: one user's newest session).  Drops the oldest sessions whose last
+        row MySQL confirmed (``confirmed(start)``: its revision, -1 for a marker) and
+        that nothing can change.  Updates ``entry`` in place."""
+        before = entry["panes"].keys() & set(updated)
+        order = self.compact(entry, st, ret)
+        panes, pieces = entry["panes"], entry["pieces"]
+        parts: list[State] = [*pieces, *(panes[ws] for ws in order)]
+        # a pane updated and compacted in one go makes the pieces fresh
+        old = bool(before) and not before <= panes.keys()
+        fresh = [old] * len(pieces) + [ws in updated for ws in order]
+        groups: list[list[int]] = []  # [start, last, first part, end part]
+        for n, part in enumerate(parts):
+            if groups and part["first_ts"] - groups[-1][1] < self.gap:
+                groups[-1][1], groups[-1][3] = part["last_ts"], n + 1
+            else:
+                groups.append([part["first_ts"], part["last_ts"], n, n + 1])
         out: list[Row] = []
         rows: dict[str, dict[str, Any]] = entry["rows"]  # start -> what was written there
-        sessions = self.sessions(entry)
-        starts = {str(s["first_ts"]) for s in sessions}
-        for was in [w for w in rows if w not in starts]:  # absorbed, or its start moved
-            into = next((s["first_ts"] for s in sessions
-                         if s["first_ts"] <= int(was) <= s["last_ts"]), None)
-            old = rows.pop(was)
-            if into is not None:
-                # its revision and finality carry over to the session now holding it
-                holder = rows.setdefault(str(into), {"fin": False, "rev": 0, "n": -1,
-                                                     "last": -1})
-                holder["fin"] = holder["fin"] or old["fin"]
-                holder["rev"] = max(holder["rev"], old["rev"])
-                entry["dead"].append({"s": int(was), "into": into, "sent": False,
-                                      "rev": old["rev"] + 1 if old["fin"] else 0})
+        if len(rows) > len(groups) or any(str(g[0]) not in rows for g in groups):
+            self._moved(entry, groups)
+        lateness = self.pane.size_ms + self.pane.lateness_ms
+        close = due_st = due_ret = NEVER
+        for ws in order:
+            due_st = min(due_st, int(ws) + lateness)
+            due_ret = min(due_ret, int(ws) + self.expires_ms)
         dropped, prefix = -1, True
-        for agg in sessions:
-            start, last = agg["first_ts"], agg["last_ts"]
+        for start, last, lo, hi in groups:
             written = rows.get(str(start))
-            gone = self._pane_gone(self._reach(last), st, ret)
-            final = gone or self.spec.is_closed(last, mark) or bool(written and written["fin"])
-            changed = written is None or (written["n"], written["last"]) != (agg["count"], last)
-            if changed or resend or (final and not written["fin"]):  # type: ignore[index]
-                prev: dict[str, Any] = written or {"fin": False, "rev": 0}
-                rev = prev["rev"] + 1 if (prev["fin"] and final and changed) else prev["rev"]
-                rows[str(start)] = {"fin": prev["fin"] or final, "rev": rev, "n": agg["count"],
-                                    "last": last}
-                out.append(self.row(entry, agg, final, rev))
-                prefix = False
-            elif prefix and gone and confirmed(start) == written["rev"]:  # type: ignore[index]
+            reach = self._pane_gone(self._reach(last), st, ret)
+            final = reach or self.spec.is_closed(last, mark) or bool(written and written["fin"])
+            if resend or written is None or (not written["fin"] and final) or any(fresh[lo:hi]):
+                agg = copy_pane(parts[lo])
+                for part in parts[lo + 1:hi]:
+                    self.defn.merge(agg, part)
+                prev: dict[str, Any] = written or {"fin": False, "rev": 0, "n": -1, "last": -1}
+                changed = (prev["n"], prev["last"]) != (agg["count"], last)
+                if changed or resend or (final and not prev["fin"]):
+                    rev = prev["rev"] + 1 if (prev["fin"] and final and changed) else prev["rev"]
+                    rows[str(start)] = {"fin": prev["fin"] or final, "rev": rev,
+                                        "n": agg["count"], "last": last}
+                    out.append(self.row(entry, agg, final, rev))
+            elif prefix and reach and confirmed(start) == written["rev"]:
                 dropped = last  # its last row is in MySQL: nothing can change it
                 del rows[str(start)]
                 continue
             prefix = False
+            if not rows[str(start)]["fin"]:
+                close = min(close, last + self.gap + self.spec.grace_ms)
+            reach_ws = self._reach(last)
+            due_st = min(due_st, reach_ws + lateness)
+            due_ret = min(due_ret, reach_ws + self.expires_ms)
         if dropped >= 0:  # the oldest sessions, gone: made of pieces only
-            entry["pieces"] = [p for p in entry["pieces"] if p["first_ts"] > dropped]
-        kept = []
+            entry["pieces"] = [p for p in pieces if p["first_ts"] > dropped]
+        out += self._markers(entry, {g[0] for g in groups}, resend, confirmed)
+        return out, Due(close, due_st, due_ret)
+
+    def _moved(self, entry: Entry, groups: list[list[int]]) -> None:
+        """Starts written before that are no session now become markers (into the
+        session that holds their time); their finality and revision carry over."""
+        rows: dict[str, dict[str, Any]] = entry["rows"]
+        starts = {str(g[0]) for g in groups}
+        for was in [w for w in rows if w not in starts]:
+            into = next((g[0] for g in groups if g[0] <= int(was) <= g[1]), None)
+            old = rows.pop(was)
+            if into is None:
+                continue
+            holder = rows.setdefault(str(into), {"fin": False, "rev": 0, "n": -1, "last": -1})
+            holder["fin"] = holder["fin"] or old["fin"]
+            holder["rev"] = max(holder["rev"], old["rev"])
+            entry["dead"].append({"s": int(was), "into": into, "sent": False,
+                                  "rev": old["rev"] + 1 if old["fin"] else 0})
+
+    def _markers(self, entry: Entry, starts: set[int], resend: bool,
+                 confirmed: Callable[[int], int | None]) -> list[Row]:
+        out, kept = [], []
         for marker in entry["dead"]:
-            if marker["s"] in (int(s) for s in starts):
+            if marker["s"] in starts:
                 continue  # a session starts there again: its row replaces the marker
             if marker["sent"] and not resend and confirmed(marker["s"]) == -1:
                 continue
@@ -199,22 +240,6 @@ class SessionPlan:
             kept.append(marker)
         entry["dead"] = kept
         return out
-
-    def due(self, entry: Entry) -> Due:
-        """The next :class:`Due` of ``entry`` (after a flush visited it)."""
-        close = st = ret = NEVER
-        lateness = self.pane.size_ms + self.pane.lateness_ms
-        for ws in entry["panes"]:
-            st = min(st, int(ws) + lateness)
-            ret = min(ret, int(ws) + self.expires_ms)
-        for agg in self.sessions(entry):
-            last = agg["last_ts"]
-            written = entry["rows"].get(str(agg["first_ts"]))
-            if not (written and written["fin"]):
-                close = min(close, last + self.gap + self.spec.grace_ms)
-            reach = self._reach(last)
-            st, ret = min(st, reach + lateness), min(ret, reach + self.expires_ms)
-        return Due(close, st, ret)
 
     @staticmethod
     def empty(entry: Entry) -> bool:
