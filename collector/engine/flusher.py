@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
-from collector.engine.sessions import KIND, Due, SessionPlan, copy_pane, session_key
+from collector.engine.sessions import KIND, Due, SessionPlan, session_key
 from collector.engine.state import State
 from collector.sinks import Row
 
@@ -124,6 +124,8 @@ class Flusher:
     session_confirmed: dict[str, dict[int, int]] = field(default_factory=dict)
     session_due: dict[str, Due] = field(default_factory=dict)
     session_visit: set[str] = field(default_factory=set)
+    #: sessions entries of owned partitions -> partition (the index's ``g|`` keys)
+    session_index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sessions = {a.name: SessionPlan.of(self.specs, a) for a in self.specs.sessioned}
@@ -132,6 +134,7 @@ class Flusher:
         """After start or rebalance: index what the recovered tables hold, flush it all."""
         agg = self.aggregator
         agg.index.clear()
+        self.session_index.clear()
         self.final_sent.clear()
         self.pruned.clear()
         owned = {p for _, p in assigned}
@@ -140,6 +143,8 @@ class Flusher:
                 agg.index[key] = value["partition"]
                 if value.get("kind") in ("p", "u", KIND):
                     self.resend.add(key)
+                if value.get("kind") == KIND:
+                    self.session_index[key] = value["partition"]
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
@@ -240,6 +245,7 @@ class Flusher:
             self.pruned.discard(key)
             self.session_due.pop(key, None)
             self.session_confirmed.pop(key, None)
+            self.session_index.pop(key, None)
             stats["deleted"] += 1
         if user_rows:
             self.add_user_rows(user_rows)
@@ -258,16 +264,16 @@ class Flusher:
             for table, plan in self.sessions.items():
                 key = session_key(table, user_id)
                 entry = self.state.get(partition, key) or plan.new_entry(user_id, partition)
-                updated = []
+                updated: dict[str, dict[str, Any] | None] = {}
                 for ws, agg in changed.items():
-                    entry["panes"][str(ws)] = copy_pane(agg)
-                    updated.append(str(ws))
-                index[key] = partition
+                    updated[str(ws)] = entry["panes"].get(str(ws))
+                    entry["panes"][str(ws)] = plan.copy(agg)
+                index[key] = self.session_index[key] = partition
                 visited.add(key)
                 self._flush_entry(key, partition, plan, entry, marks, key in resend, rows,
                                   to_delete, updated)
-        for key, partition in list(index.items()):
-            if key[0] != KIND or partition not in owned or key in visited:
+        for key, partition in list(self.session_index.items()):
+            if partition not in owned or key in visited:
                 continue
             plan = self.sessions[key.split(SEP, 2)[1]]
             due = self.session_due.get(key)
@@ -277,6 +283,7 @@ class Flusher:
             held = self.state.get(partition, key)
             if held is None:
                 index.pop(key, None)
+                self.session_index.pop(key, None)
                 self.session_due.pop(key, None)
                 continue
             self._flush_entry(key, partition, plan, held, marks, key in resend, rows,
@@ -285,7 +292,7 @@ class Flusher:
     def _flush_entry(self, key: str, partition: int, plan: SessionPlan,
                      entry: dict[str, Any], marks: dict[str, Marks], resend: bool,
                      rows: list[Row], to_delete: list[tuple[int, str]],
-                     updated: Collection[str] = ()) -> None:
+                     updated: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.session_visit.discard(key)
         mark, st, ret = self._partition_marks(partition, marks)[0]
         confirmed = self.session_confirmed.get(key, {})

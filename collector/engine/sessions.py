@@ -29,11 +29,19 @@ absolute value, so a replay or a resend changes nothing) into the user's session
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from collector.aggregates import Aggregate, WindowSpec
+from collector.aggregates import (
+    Aggregate,
+    Count,
+    DistinctValues,
+    Min,
+    Sum,
+    Truncated,
+    WindowSpec,
+)
 from collector.engine.specs import Specs
 from collector.sinks import Row
 
@@ -47,11 +55,6 @@ State = dict[str, Any]
 
 def session_key(table: str, user_id: str) -> str:
     return f"{KIND}{SEP}{table}{SEP}{user_id}"
-
-
-def copy_pane(agg: Mapping[str, Any]) -> State:
-    """An independent copy of a user window's state (its lists are mutated in place)."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in agg.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +80,28 @@ class SessionPlan:
     spec: WindowSpec
     pane: WindowSpec
     expires_ms: int
+    #: measures a new pane value adds to (the rest merge idempotently)
+    additive: tuple[str, ...] = ()
+    #: whether a session's row is updated from its last one and the changed panes
+    #: (every measure additive or idempotent), instead of merging all its panes again
+    incremental: bool = False
+    #: state keys holding lists (copied with the state: folds change them in place)
+    lists: tuple[str, ...] = ()
+
+    def copy(self, agg: Mapping[str, Any]) -> State:
+        out = dict(agg)
+        for name in self.lists:
+            out[name] = list(out[name])
+        return out
 
     @classmethod
     def of(cls, specs: Specs, defn: Aggregate) -> SessionPlan:
+        additive = tuple(m.name for m in defn.measures if isinstance(m, Count | Sum))
+        incremental = all(isinstance(m, Count | Sum | Min | DistinctValues | Truncated)
+                          for m in defn.measures)  # Min: also Max, FirstTs, LastTs
+        lists = tuple(k for k, v in defn.new().items() if isinstance(v, list))
         return cls(defn.name, defn.bound(specs.max_user_types), specs.for_table(defn.name),
-                   specs.user, specs.expires_ms)
+                   specs.user, specs.expires_ms, additive, incremental, lists)
 
     @property
     def gap(self) -> int:
@@ -110,7 +130,7 @@ class SessionPlan:
             if out and part["first_ts"] - out[-1]["last_ts"] < self.gap:
                 self.defn.merge(out[-1], part)
             else:
-                out.append(copy_pane(part))
+                out.append(self.copy(part))
         return out
 
     def compact(self, entry: Entry, st: int, ret: int) -> list[str]:
@@ -149,21 +169,23 @@ class SessionPlan:
 
     def flush(self, entry: Entry, mark: int, st: int, ret: int, resend: bool,
               confirmed: Callable[[int], int | None],
-              updated: Collection[str] = ()) -> tuple[list[Row], Due]:
+              updated: Mapping[str, State | None] | None = None) -> tuple[list[Row], Due]:
         """Rows to write for ``entry`` (changed or newly final sessions, all of them on
         ``resend``; markers for starts that stopped being sessions) and when it is due
-        next.  ``updated``: the pane starts copied in since the last flush.  Sessions
+        next.  ``updated``: the panes copied in since the last flush, by start, with
+        their previous value (None: new).  Sessions
         are delimited on event times alone; only those that may need a row are merged
         (the hot path: one user's newest session).  Drops the oldest sessions whose last
         row MySQL confirmed (``confirmed(start)``: its revision, -1 for a marker) and
         that nothing can change.  Updates ``entry`` in place."""
-        before = entry["panes"].keys() & set(updated)
+        updated = updated or {}
+        before = entry["panes"].keys() & updated.keys()
         order = self.compact(entry, st, ret)
         panes, pieces = entry["panes"], entry["pieces"]
         parts: list[State] = [*pieces, *(panes[ws] for ws in order)]
         # a pane updated and compacted in one go makes the pieces fresh
-        old = bool(before) and not before <= panes.keys()
-        fresh = [old] * len(pieces) + [ws in updated for ws in order]
+        stale = bool(before) and not before <= panes.keys()
+        fresh = [stale] * len(pieces) + [ws in updated for ws in order]
         groups: list[list[int]] = []  # [start, last, first part, end part]
         for n, part in enumerate(parts):
             if groups and part["first_ts"] - groups[-1][1] < self.gap:
@@ -172,8 +194,9 @@ class SessionPlan:
                 groups.append([part["first_ts"], part["last_ts"], n, n + 1])
         out: list[Row] = []
         rows: dict[str, dict[str, Any]] = entry["rows"]  # start -> what was written there
+        absorbed: set[int] = set()
         if len(rows) > len(groups) or any(str(g[0]) not in rows for g in groups):
-            self._moved(entry, groups)
+            absorbed = self._moved(entry, groups)
         lateness = self.pane.size_ms + self.pane.lateness_ms
         close = due_st = due_ret = NEVER
         for ws in order:
@@ -185,16 +208,25 @@ class SessionPlan:
             reach = self._pane_gone(self._reach(last), st, ret)
             final = reach or self.spec.is_closed(last, mark) or bool(written and written["fin"])
             if resend or written is None or (not written["fin"] and final) or any(fresh[lo:hi]):
-                agg = copy_pane(parts[lo])
-                for part in parts[lo + 1:hi]:
-                    self.defn.merge(agg, part)
+                known = written.get("agg") if written else None
+                if known is None or resend or stale or start in absorbed:
+                    agg = self.copy(parts[lo])  # whole: new, moved, merged or restarted
+                    for part in parts[lo + 1:hi]:
+                        self.defn.merge(agg, part)
+                else:  # the parts of its last row, some panes updated since: add those
+                    agg = known  # ours alone (rows[start]), updated in place
+                    first = max(lo - len(pieces), 0)
+                    for ws in order[first:max(hi - len(pieces), first)]:
+                        if ws in updated:
+                            self._update(agg, panes[ws], updated[ws])
                 prev: dict[str, Any] = written or {"fin": False, "rev": 0, "n": -1, "last": -1}
                 changed = (prev["n"], prev["last"]) != (agg["count"], last)
                 if changed or resend or (final and not prev["fin"]):
                     rev = prev["rev"] + 1 if (prev["fin"] and final and changed) else prev["rev"]
-                    rows[str(start)] = {"fin": prev["fin"] or final, "rev": rev,
-                                        "n": agg["count"], "last": last}
                     out.append(self.row(entry, agg, final, rev))
+                    prev = {"fin": prev["fin"] or final, "rev": rev}
+                rows[str(start)] = {"fin": prev["fin"], "rev": prev["rev"], "n": agg["count"],
+                                    "last": last, "agg": agg if self.incremental else None}
             elif prefix and reach and confirmed(start) == written["rev"]:
                 dropped = last  # its last row is in MySQL: nothing can change it
                 del rows[str(start)]
@@ -210,21 +242,34 @@ class SessionPlan:
         out += self._markers(entry, {g[0] for g in groups}, resend, confirmed)
         return out, Due(close, due_st, due_ret)
 
-    def _moved(self, entry: Entry, groups: list[list[int]]) -> None:
+    def _moved(self, entry: Entry, groups: list[list[int]]) -> set[int]:
         """Starts written before that are no session now become markers (into the
-        session that holds their time); their finality and revision carry over."""
+        session that holds their time); their finality and revision carry over.  The
+        sessions that took them in (merge those whole)."""
         rows: dict[str, dict[str, Any]] = entry["rows"]
         starts = {str(g[0]) for g in groups}
+        absorbed = set()
         for was in [w for w in rows if w not in starts]:
             into = next((g[0] for g in groups if g[0] <= int(was) <= g[1]), None)
             old = rows.pop(was)
             if into is None:
                 continue
+            absorbed.add(into)
             holder = rows.setdefault(str(into), {"fin": False, "rev": 0, "n": -1, "last": -1})
             holder["fin"] = holder["fin"] or old["fin"]
             holder["rev"] = max(holder["rev"], old["rev"])
             entry["dead"].append({"s": int(was), "into": into, "sent": False,
                                   "rev": old["rev"] + 1 if old["fin"] else 0})
+        return absorbed
+
+    def _update(self, agg: State, pane: State, old: State | None) -> None:
+        """``agg`` with one pane's new value instead of its ``old`` one: a user window
+        only grows, so idempotent measures merge it again and additive ones add the
+        difference."""
+        self.defn.merge(agg, pane)
+        if old is not None:
+            for name in self.additive:
+                agg[name] -= old[name]
 
     def _markers(self, entry: Entry, starts: set[int], resend: bool,
                  confirmed: Callable[[int], int | None]) -> list[Row]:
