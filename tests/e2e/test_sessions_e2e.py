@@ -5,8 +5,9 @@ order), then stragglers: events that bridge two emitted sessions, events that mo
 session's start earlier, retries, and events past the allowed lateness.  MySQL's live
 session rows must equal ``tests.oracle.session_oracle`` of the counted events, every
 row a session left behind must be a marker leading to a live one, InfluxDB must hold
-the same sessions, and the too-late events must be dead-lettered as ``late``.  Printed
-measurements start with ``[sessions]``.
+the same sessions, and the too-late events must be dead-lettered as ``late``.  Between the two
+loads the worker is killed (SIGKILL) and its local store deleted, so the stragglers meet
+sessions recovered from the changelog.  Printed measurements start with ``[sessions]``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -135,6 +138,12 @@ async def test_sessions_merge_move_and_close_like_the_oracle(
     # first: such a start is a marker by now (rows_equal checked they lead to sessions)
     before = {k for k, v in rows.items() if v[2] is not None}
 
+    # kill -9 and lose the local store: the sessions entries come back from the changelog
+    worker.stop(signal.SIGKILL)
+    shutil.rmtree(s.env["COLLECTOR_APP__DATADIR"], ignore_errors=True)
+    worker = worker_factory(s.env, "run1").start()
+    await asyncio.to_thread(worker.wait_ready, 90)
+
     # stragglers, ~30 min behind stream time (inside the allowed lateness of 40 min, for
     # every table): bridges between the +0 and +9 sessions of four users, and events 1 min
     # before the +20 session of the other four (its start moves)
@@ -173,7 +182,8 @@ async def test_sessions_merge_move_and_close_like_the_oracle(
                           f"?from={base - 60 * MIN}&to={now}", token="sessions-token"))
     assert [(w["window_start_ms"], w["values"]["count"]) for w in body["windows"]] == sorted(
         (i[1], v["count"]) for i, v in expected.items() if i[3] == (user,))
-    report(f"{len(counted)} events of {len(users)} users in {len(expected)} sessions: MySQL "
+    report(f"(kill -9 + store wiped between the loads) {len(counted)} events of "
+           f"{len(users)} users in {len(expected)} sessions: MySQL "
            f"and InfluxDB equal the oracle after {len(bridges)} bridging and {len(movers)} "
            f"start-moving stragglers ({len(markers)} marker rows, {len(before)} of them "
            f"from the shuffled first load), {len(retried)} retries "
