@@ -111,4 +111,38 @@ def group_by_oracle(
                 row[column] = len({_label(_field(e, field)) for e in members})
                 row[f"{column}_truncated"] = False
         out[ident] = row
+
+
+def session_oracle(
+    events: list[dict[str, Any]], *, gap_ms: int = 1_800_000, max_user_types: int = 30,
+) -> dict[Ident, dict[str, Any]]:
+    """{("user_sessions", start, gap_s, (user_id,)): values}: each user's events sorted by
+    time, cut where the next event is ``gap_ms`` or more after the previous one.
+
+    Arrival order (the list order) decides which ``max_user_types`` types are listed.
+    """
+    by_user: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+    for i, e in enumerate(events):
+        by_user.setdefault(e["user_id"], []).append((e["ts"], i, e))
+    out: dict[Ident, dict[str, Any]] = {}
+    for user, items in by_user.items():
+        items.sort(key=lambda item: (item[0], item[1]))
+        groups: list[list[tuple[int, int, dict[str, Any]]]] = []
+        for item in items:
+            if groups and item[0] - groups[-1][-1][0] < gap_ms:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        for group in groups:
+            types: list[str] = []
+            for _, _, e in sorted(group, key=lambda item: item[1]):
+                if e["type"] not in types:
+                    types.append(e["type"])
+            out[("user_sessions", group[0][0], gap_ms // 1000, (user,))] = {
+                "count": len(group),
+                "types": sorted(types[:max_user_types]),
+                "first_ts": group[0][0],
+                "last_ts": group[-1][0],
+                "types_truncated": len(types) > max_user_types,
+            }
     return out

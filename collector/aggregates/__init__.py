@@ -10,6 +10,7 @@ from collector.aggregates.builtin import (
     EVENT_STATS,
     SEGMENT_STATS,
     USER_ACTIVITY,
+    USER_SESSIONS,
 )
 from collector.aggregates.definition import Aggregate, Column, InfluxField, KeyField
 from collector.aggregates.measures import (
@@ -28,7 +29,7 @@ from collector.aggregates.window import WindowKind, WindowSpec, window_specs
 
 __all__ = [
     "BY_NAME", "DEFINITIONS", "EVENT_STATS", "MAX_USER_TYPES", "SEGMENT_STATS",
-    "USER_ACTIVITY", "Aggregate", "Column", "Count", "DistinctValues", "FirstTs",
+    "USER_ACTIVITY", "USER_SESSIONS", "Aggregate", "Column", "Count", "DistinctValues", "FirstTs",
     "InfluxField", "KeyField", "LastTs", "Max", "Measure", "Min", "Sum", "Truncated",
     "WindowKind", "WindowSpec", "window_specs",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
 from collector.aggregates.definition import (
@@ -182,6 +183,45 @@ USER_ACTIVITY: Final = Aggregate(
     fold_factory=_activity_fold,
 )
 
+def _ms_or_none(value: Any) -> datetime | None:
+    return None if value is None else naive_utc(int(value))
+
+
+#: a user's sessions (session window, ``windows.session_gap_seconds``): the row's
+#: window_start is the session start and window_seconds the gap.  ``merged_into`` is
+#: set on the row of a session that no longer exists under its start (absorbed by a
+#: bridging event, or its start moved earlier): the start of the session that holds
+#: its events now; such a row counts nothing (collector/engine/sessions.py).
+USER_SESSIONS: Final = Aggregate(
+    name="user_sessions",
+    keys=USER_ACTIVITY.keys,
+    window="session",
+    measures=USER_ACTIVITY.measures,
+    columns=(
+        Column("session_end", "DATETIME(3)", lambda v: naive_utc(int(v["last_ts"])),
+               value="last_ts", read=epoch_ms),
+        Column("duration_seconds", "DOUBLE",
+               lambda v: (int(v["last_ts"]) - int(v["first_ts"])) / 1000),
+        *USER_ACTIVITY.columns[:4],  # count, distinct_types, types, types_truncated
+        Column("merged_into", "DATETIME(3)", lambda v: _ms_or_none(v.get("merged_into")),
+               nullable=True),
+    ),
+    per_user=True,
+    measurement="user_sessions",
+    influx_fields=(
+        InfluxField("count", lambda v: int(v["count"])),
+        InfluxField("distinct_types", lambda v: len(v["types"])),
+        InfluxField("duration_seconds",
+                    lambda v: (int(v["last_ts"]) - int(v["first_ts"])) / 1000),
+        InfluxField("session_end_ms", lambda v: int(v["last_ts"])),
+        InfluxField("merged_into_ms", lambda v: v.get("merged_into")),
+    ),
+    route="/api/v1/users/{user_id}/sessions",
+    summary="of one user (inactivity gap windows.session_gap_seconds)",
+    fold_factory=_activity_fold,
+)
+
 #: every aggregate, in the order of the query endpoints (and the OpenAPI document)
-DEFINITIONS: Final[tuple[Aggregate, ...]] = (EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY)
+DEFINITIONS: Final[tuple[Aggregate, ...]] = (EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY,
+                                             USER_SESSIONS)
 BY_NAME: Final[Mapping[str, Aggregate]] = {d.name: d for d in DEFINITIONS}

@@ -8,12 +8,18 @@ from typing import Literal
 
 from collector.config import Settings
 
-WindowKind = Literal["tumbling", "hopping"]
+WindowKind = Literal["tumbling", "hopping", "session"]
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
-    """A tumbling (step == size) or hopping window, in milliseconds.
+    """A tumbling (step == size), hopping or session window, in milliseconds.
+
+    A session window (``session``) is per key and data-driven: each event opens a
+    proto-window ``[ts, ts + gap)`` (``size_ms`` is the gap, ``step_ms`` 1 ms) and
+    overlapping ones merge, as in Beam's ``Sessions``.  So ``is_closed(last, mark)`` and
+    ``is_late(ts, st)`` hold for sessions too, given the session's last event time or
+    the event's own time as ``start`` (collector/engine/sessions.py).
 
     Two event-time horizons past a window's end (Beam's model): ``grace_ms`` until its
     row is first written as final (the close mark passed it), ``lateness_ms`` until it
@@ -25,6 +31,7 @@ class WindowSpec:
     step_ms: int
     grace_ms: int
     lateness_ms: int = -1  # -1: the grace (no late updates)
+    session: bool = False
 
     def __post_init__(self) -> None:
         if self.lateness_ms < self.grace_ms:
@@ -37,6 +44,10 @@ class WindowSpec:
     @classmethod
     def hopping(cls, size_s: int, step_s: int, grace_s: int, lateness_s: int = -1) -> WindowSpec:
         return cls(size_s * 1000, step_s * 1000, grace_s * 1000, lateness_s * 1000)
+
+    @classmethod
+    def sessions(cls, gap_s: int, grace_s: int, lateness_s: int = -1) -> WindowSpec:
+        return cls(gap_s * 1000, 1, grace_s * 1000, lateness_s * 1000, session=True)
 
     @property
     def seconds(self) -> int:
@@ -71,4 +82,5 @@ def window_specs(settings: Settings) -> dict[WindowKind, WindowSpec]:
         "tumbling": WindowSpec.tumbling(w.tumbling_seconds, w.grace_seconds, late),
         "hopping": WindowSpec.hopping(w.hopping_size_seconds, w.hopping_step_seconds,
                                       w.grace_seconds, late),
+        "session": WindowSpec.sessions(w.session_gap_seconds, w.grace_seconds, late),
     }

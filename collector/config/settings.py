@@ -196,6 +196,11 @@ class WindowSettings(_Section):
         description="Distinct event types a user_activity window lists; more set "
         "types_truncated (the MySQL column holds 31 types of 64 characters).",
     )
+    session_gap_seconds: int = Field(
+        default=1800, ge=1,
+        description="user_sessions inactivity gap: a user's events at least this far "
+        "apart in event time are separate sessions (at least tumbling_seconds).",
+    )
     hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
     hopping_step_seconds: int = Field(default=60, ge=1, description="segment_stats advance.")
     grace_seconds: int = Field(
@@ -235,6 +240,9 @@ class WindowSettings(_Section):
             raise ValueError("hopping_step_seconds must not exceed hopping_size_seconds")
         if self.hopping_size_seconds % self.hopping_step_seconds:
             raise ValueError("hopping_size_seconds must be a multiple of hopping_step_seconds")
+        if self.session_gap_seconds < self.tumbling_seconds:
+            raise ValueError("session_gap_seconds must be at least tumbling_seconds (sessions "
+                             "are built from the user_activity windows)")
         if self.allowed_lateness_seconds < self.grace_seconds:
             raise ValueError("allowed_lateness_seconds must be at least grace_seconds")
         needed = (max(self.tumbling_seconds, self.hopping_size_seconds)

@@ -92,6 +92,8 @@ class Aggregator:
     folded: set[tuple[str, int, int]] = field(default_factory=set)
     _anchor: Aggregate = field(init=False, repr=False)
     _partials: tuple[Plan, ...] = field(init=False, repr=False)
+    #: what an event late for its user window misses: that and the session aggregates
+    _user_tables: tuple[str, ...] = field(init=False, repr=False)
     _user_plan: tuple[str, int, int, Fold] = field(init=False, repr=False)
     #: ts, event_id, the user key, then every other field some key or fold requires
     _required: Callable[[dict[str, Any]], tuple[Any, ...]] = field(init=False, repr=False)
@@ -105,6 +107,7 @@ class Aggregator:
         specs = self.specs
         self._anchor = anchor = specs.anchor
         self._partials = tuple(plan(specs, a) for a in specs.aggregates if not a.per_user)
+        self._user_tables = (anchor.name, *(a.name for a in specs.sessioned))
         name, _, horizon, step, spec, _, fold = plan(specs, anchor)
         self._user_plan = (name, horizon, step, fold)
         self._required = itemgetter(*required_fields(specs.aggregates))
@@ -179,10 +182,10 @@ class Aggregator:
         # the newest window start that no event can update any more, per table
         expired = ret - self.specs.expires_ms
         missed: list[str] = []
-        user, horizon, step, fold = self._user_plan
+        _, horizon, step, fold = self._user_plan
         ws = ts - ts % step
         if ws <= max(st - horizon, expired):
-            missed.append(user)
+            missed += self._user_tables  # sessions are built from the user windows
         else:
             entry = self._user(touched, record, user_id, ws)
             if entry is not None:
@@ -241,6 +244,8 @@ class Aggregator:
         errors = []
         for table in missed:
             spec = self.specs.for_table(table)
+            if spec.session:  # built from the user windows: their window is what was missed
+                spec = self.specs.user
             start = spec.newest_start(event["ts"])
             if start + self.specs.expires_ms <= ret:
                 why = (f"its state expired: start more than {self.specs.expires_ms} ms before "

@@ -22,6 +22,8 @@ class Specs:
 
     tumbling: WindowSpec
     hopping: WindowSpec
+    #: the session window (gap): the default is windows.session_gap_seconds' default
+    session: WindowSpec = field(default_factory=lambda: WindowSpec.sessions(1800, 60, 3600))
     #: age of a window start, by its slot's close mark, after which its state is gone
     expires_ms: int = 7_200_000
     #: event time past a window's end during which repeated event ids are recognised
@@ -31,20 +33,30 @@ class Specs:
     aggregates: tuple[Aggregate, ...] = DEFINITIONS
     #: the per-user aggregate: final in the raw worker, and the event-id dedupe
     anchor: Aggregate = field(init=False, repr=False)
+    #: the session-window aggregates (per user, folded by collector.engine.sessions)
+    sessioned: tuple[Aggregate, ...] = field(init=False, repr=False)
     _by_table: dict[str, WindowSpec] = field(init=False, repr=False)
     _defs: dict[str, Aggregate] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        kinds = {"tumbling": self.tumbling, "hopping": self.hopping}
+        kinds = {"tumbling": self.tumbling, "hopping": self.hopping, "session": self.session}
         self._defs = {a.name: a for a in self.aggregates}
         self._by_table = {a.name: kinds[a.window] if a.sizes is None
                           else WindowSpec.hopping(*a.sizes, kinds[a.window].grace_ms // 1000,
                                                   kinds[a.window].lateness_ms // 1000)
                           for a in self.aggregates}
-        users = [a.name for a in self.aggregates if a.per_user]
+        self.sessioned = tuple(a for a in self.aggregates if a.window == "session")
+        users = [a.name for a in self.aggregates if a.per_user and a.window != "session"]
         if len(users) != 1:
             raise ValueError(f"exactly one per-user aggregate is supported, got {users}")
-        self.anchor = next(a for a in self.aggregates if a.per_user)
+        self.anchor = next(a for a in self.aggregates if a.name == users[0])
+        for a in self.sessioned:  # built from the anchor's windows (engine/sessions.py)
+            if not a.per_user or a.measures != self.anchor.measures:
+                raise ValueError(f"{a.name}: a session window is per user, with the measures "
+                                 f"of {self.anchor.name} (its sessions are chains of its windows)")
+            if self.session.size_ms < self.user.size_ms:
+                raise ValueError(f"{a.name}: the session gap must be at least the "
+                                 f"{self.anchor.name} window ({self.user.seconds} s)")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Specs:
@@ -54,6 +66,7 @@ class Specs:
         return cls(
             kinds["tumbling"],
             kinds["hopping"],
+            kinds["session"],
             expires_ms=w.expires_seconds * 1000,
             dedupe_ms=min(w.dedupe_seconds, w.allowed_lateness_seconds) * 1000,
             max_user_types=w.max_user_types,

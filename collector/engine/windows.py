@@ -15,10 +15,12 @@ from collector.aggregates import BY_NAME, DEFINITIONS, MAX_USER_TYPES, WindowSpe
 from collector.aggregates import EVENT_STATS as _EVENT_STATS
 from collector.aggregates import SEGMENT_STATS as _SEGMENT_STATS
 from collector.aggregates import USER_ACTIVITY as _USER_ACTIVITY
+from collector.aggregates import USER_SESSIONS as _USER_SESSIONS
 
 EVENT_STATS = _EVENT_STATS.name
 USER_ACTIVITY = _USER_ACTIVITY.name
 SEGMENT_STATS = _SEGMENT_STATS.name
+USER_SESSIONS = _USER_SESSIONS.name
 TABLES = tuple(d.name for d in DEFINITIONS)
 
 NEW: Mapping[str, Callable[[], dict[str, Any]]] = {d.name: d.new for d in DEFINITIONS}
@@ -64,6 +66,7 @@ def row_values(table: str, agg: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["EVENT_STATS", "MERGE", "NEW", "SEGMENT_STATS", "TABLES", "USER_ACTIVITY",
+           "USER_SESSIONS",
            "WindowSpec", "add_activity", "add_segment", "add_stats", "combine",
            "merge_activity", "merge_segment", "merge_stats", "new_activity", "new_segment",
            "new_stats", "row_values"]

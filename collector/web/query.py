@@ -1,8 +1,9 @@
-"""Table query endpoints: windows of event_stats, segment_stats and user_activity.
+"""Table query endpoints: windows of event_stats, segment_stats, user_activity and
+user_sessions.
 
 State lives in partitioned tables, so a worker can only answer for partitions it owns:
 
-- user activity is routed to the owner of the user's partition, computed like the
+- user activity and sessions are routed to the owner of the user's partition, computed like the
   producers' default partitioner (murmur2 of the raw user_id bytes), not Faust's
   ``table_route`` (which hashes the json-serialized key and lands elsewhere);
 - stats are scatter-gathered: every owner of the merged table's partitions answers
@@ -28,6 +29,7 @@ from yarl import URL
 from collector.agents.runtime import Runtime
 from collector.engine.aggregator import user_key
 from collector.engine.merger import mark_key
+from collector.engine.sessions import session_key
 from collector.web import query_logic as ql
 from collector.web.history import HistoryUnavailable
 from collector.web.openapi import openapi_document
@@ -127,6 +129,39 @@ def local_user(rt: Runtime, query: ql.Query, partition: int) -> list[dict[str, A
         final = spec.is_closed(ws, closed)
         out.append(ql.window(query.table, spec, [user_id], ws, entry["agg"], final))
     return ql.sort_windows(out)
+
+
+def local_sessions(rt: Runtime, query: ql.Query, partition: int
+                   ) -> tuple[list[dict[str, Any]], list[int]]:
+    """The user's live sessions (and the starts that moved) from this worker's state."""
+    raw_topics = rt.settings.kafka.raw_topics
+    _check_local(rt, [partition], _owned(rt, raw_topics))
+    user_id = query.key["user_id"]
+    assert user_id is not None
+    entry = rt.window_state.get(partition, session_key(query.table, user_id))
+    if entry is None:
+        return [], []
+    plan = rt.flusher.sessions[query.table]
+    slots = [rt.aggregator.slot(t, partition) for t in raw_topics]
+    closed = min(max(s["wm"], s["idle"]) for s in slots)  # as the flusher computes it
+    rows = entry["rows"]
+    sessions = [(agg, bool(rows.get(str(agg["first_ts"]), {}).get("fin")))
+                for agg in plan.sessions(entry)]
+    live = ql.session_windows(sessions, user_id, query, plan.spec, closed)
+    # starts that are no session now: markers, and rows written there before a merge
+    starts = {agg["first_ts"] for agg, _ in sessions}
+    moved = {m["s"] for m in entry["dead"]} | {int(s) for s in rows if int(s) not in starts}
+    return live, sorted(moved)
+
+
+async def sessions_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]],
+                          moved: list[int]) -> dict[str, Any]:
+    spec = rt.specs.for_table(query.table)
+    try:
+        rows = await rt.sink_history.windows(query, spec)
+    except HistoryUnavailable as exc:
+        return ql.response(query, spec, live, complete=False, incomplete=str(exc))
+    return ql.response(query, spec, ql.overlay_sessions(rows, live, moved))
 
 
 #: what a 401 from another worker means, in its log line and in the 503 it causes
@@ -312,6 +347,37 @@ class ConfiguredAggregateView(web.View):
                                       int(time.time() * 1000))
 
         return await _stats_view(self, request, parse)
+
+
+@blueprint.route("/api/v1/users/{user_id}/sessions", name="user_sessions")
+class UserSessionsView(web.View):
+    """One user's sessions starting in the range, answered by the worker owning the
+    user's partition: live ones from its state over the MySQL rows."""
+
+    async def get(self, request: web.Request, user_id: str) -> web.Response:
+        rt = runtime_of(self)
+        params = _params(request)
+        try:
+            query = ql.parse_sessions(user_id, params, int(time.time() * 1000))
+            partition = ql.user_partition(user_id, rt.settings.kafka.partitions)
+            if params.get("scope") != "local":
+                owner = owners(rt, rt.tables.state).get(partition)
+                if owner is None:
+                    raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
+                if not _is_me(rt, owner):
+                    sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
+                    body = await _peer(rt, owner, request, sub)
+                    return self.json(await sessions_answer(rt, query, body["windows"],
+                                                           body.get("moved", [])))
+                live, moved = local_sessions(rt, query, partition)
+                return self.json(await sessions_answer(rt, query, live, moved))
+            live, moved = local_sessions(rt, query, partition)
+            spec = rt.specs.for_table(query.table)
+            return self.json(ql.response(query, spec, live, moved=moved))
+        except ql.ParamError as exc:
+            return self.json(exc.body(), status=400)
+        except Unavailable as exc:
+            return _unavailable(self, exc)
 
 
 @blueprint.route("/api/openapi.json", name="openapi")

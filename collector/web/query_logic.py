@@ -7,6 +7,7 @@ routing and HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from aiokafka.partitioner import murmur2
 
 from collector.aggregates import BY_NAME, DEFINITIONS, Aggregate, WindowSpec
 from collector.aggregates.definition import epoch_ms, naive_utc
-from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY
+from collector.engine.windows import EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY, USER_SESSIONS
 from collector.models.contract import TYPE_RE, USER_ID_RE
 from collector.models.validate import parse_rfc3339_ms
 
@@ -151,6 +152,11 @@ def parse_aggregate(defn: Aggregate, params: Mapping[str, str], sources: Sequenc
     return Query(defn.name, from_ms, to_ms, key)
 
 
+def parse_sessions(user_id: str, params: Mapping[str, str], now_ms: int) -> Query:
+    """One user's sessions that start in ``[from, to)``."""
+    return dataclasses.replace(parse_user(user_id, params, now_ms), table=USER_SESSIONS)
+
+
 def parse_partitions(text: str | None, count: int) -> list[int] | None:
     """The internal ``partitions=0,2`` list of a scatter-gather sub-request."""
     if text is None:
@@ -179,18 +185,39 @@ def user_window_starts(query: Query, spec: WindowSpec) -> range:
     return range(first, query.to_ms, spec.step_ms)
 
 
+def _end(spec: WindowSpec, ws: int, values: Mapping[str, Any]) -> int:
+    """A window's end; a session's is its last event."""
+    end: int = values["last_ts"] if spec.session else spec.end(ws)
+    return end
+
+
 def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
            agg: dict[str, Any], final: bool, defn: Aggregate | None = None) -> dict[str, Any]:
     """One window of the response (``defn``: the table's, when it is not a built-in)."""
     defn = BY_NAME[table] if defn is None else defn
+    values = defn.row_values(agg)
     return {
         "window_start": rfc3339(ws),
-        "window_end": rfc3339(spec.end(ws)),
+        "window_end": rfc3339(_end(spec, ws, values)),
         "window_start_ms": ws,
         "key": dict(zip(defn.key_names, key, strict=True)),
-        "values": defn.row_values(agg),
+        "values": values,
         "final": final,
     }
+
+
+def session_windows(sessions: Iterable[tuple[dict[str, Any], bool]], user_id: str,
+                    query: Query, spec: WindowSpec, closed: int) -> list[dict[str, Any]]:
+    """A user's live sessions (state, whether its row was written final) that start in
+    the query's range; final once ``closed``, the close mark, passed last + gap + grace
+    (the flusher's rule), or once written final."""
+    out = []
+    for agg, written_final in sessions:
+        start = agg["first_ts"]
+        if query.wants([user_id], start):
+            final = written_final or spec.is_closed(agg["last_ts"], closed)
+            out.append(window(query.table, spec, [user_id], start, agg, final))
+    return sort_windows(out)
 
 
 def merged_windows(
@@ -282,6 +309,8 @@ def history_sql(query: Query, window_seconds: int,
     columns = ("window_start", *keys, *values, "final")
     where = ["window_seconds = %s", "window_start >= %s", "window_start < %s"]
     args: list[Any] = [window_seconds, naive_utc(query.from_ms), naive_utc(query.to_ms)]
+    if (defn or BY_NAME[query.table]).window == "session":
+        where.append("merged_into IS NULL")  # a marker: its session moved
     for name, value in query.key.items():
         if value is not None:
             where.append(f"`{name}` = %s" if defn is not None else f"{name} = %s")
@@ -299,14 +328,29 @@ def history_window(table: str, spec: WindowSpec, row: Sequence[Any],
     ws = epoch_ms(row[0])
     key = [str(k) for k in row[1:1 + nkeys]]
     values = defn.history_values(list(row[1 + nkeys:-1]))
+    if spec.session:
+        values = {**values, "first_ts": ws}  # the session start is the row's key
+        values = {name: values[name] for name in defn.outputs}
     return {
         "window_start": rfc3339(ws),
-        "window_end": rfc3339(spec.end(ws)),
+        "window_end": rfc3339(_end(spec, ws, values)),
         "window_start_ms": ws,
         "key": dict(zip(defn.key_names, key, strict=True)),
         "values": values,
         "final": bool(row[-1]),
     }
+
+
+def overlay_sessions(history: Iterable[dict[str, Any]], live: list[dict[str, Any]],
+                     moved: Iterable[int]) -> list[dict[str, Any]]:
+    """Live sessions over the sink's rows: a row whose start is a marker in the state
+    (not yet written as one), or that lies inside a live session, is an older version
+    of a session that moved or merged."""
+    gone = set(moved)
+    spans = [(w["values"]["first_ts"], w["values"]["last_ts"]) for w in live]
+    kept = [w for w in history if w["window_start_ms"] not in gone
+            and not any(a <= w["window_start_ms"] <= b for a, b in spans)]
+    return overlay(kept, live)
 
 
 def overlay(history: Iterable[dict[str, Any]],

@@ -75,6 +75,9 @@ class Windows(BaseModel):
     incomplete: str | None = Field(None, description="Why complete is false.")
     partitions: list[int] | None = Field(
         None, description="scope=local: the partitions this worker answered for.")
+    moved: list[int] | None = Field(
+        None, description="scope=local of user_sessions: starts (epoch ms) that are no "
+        "session any more (merged or moved earlier); MySQL rows there are older versions.")
 
 
 class Liveness(BaseModel):

@@ -140,7 +140,7 @@ async def test_web_view_renders_the_api_numbers(
     await foreign_window(settings, foreign, now, "insert")
 
     dom = chromium(browser, tmp_path, "--dump-dom", "--window-size=1280,900",
-                   f"{base}/?token={TOKEN}").stdout.decode()
+                   f"{base}/?token={TOKEN}&user=u00002").stdout.decode()
     (tmp_path / "web-view.html").write_text(dom)
     page = Elements()
     page.feed(dom)
@@ -220,6 +220,16 @@ async def test_web_view_renders_the_api_numbers(
         assert max(ours_shown, default=0) <= yticks[-1], (ours_shown, yticks)
         window_ms = windows["window_seconds"] * 1000
         assert 0 < len(xticks) <= 6 and all(t % window_ms == 0 for t in xticks), xticks
+
+    # the sessions card (?user=): the user's sessions as the API answers them
+    day = f"from={now - 86_400_000}&to={int(time.time() * 1000) + 60_000}"
+    sessions = json.loads(get(f"{base}/api/v1/users/u00002/sessions?{day}", token=TOKEN))
+    assert ids["sessions-status"]["data-status"] == "ok"
+    shown_sessions = page.rows_with("data-session-start-ms")
+    assert {int(k): float(r["data-count"]) for k, r in shown_sessions.items()} == {
+        w["window_start_ms"]: w["values"]["count"] for w in sessions["windows"]}
+    ours = [w for w in sessions["windows"] if w["window_start_ms"] >= now - 13_000 * 29]
+    assert sum(w["values"]["count"] for w in ours) == 12  # 6 web + 6 mobile events
 
     assert ids["cards"]["data-overflow"] == "", "cards wider than their box at 1280 px"
     assert "updated " in dom and " UTC" in dom

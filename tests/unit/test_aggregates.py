@@ -126,13 +126,16 @@ def test_a_fold_written_for_other_measures_refuses_to_start() -> None:
 def test_keys_columns_and_history_derive_from_the_definitions() -> None:
     assert KEY_COLUMNS == KEY_NAMES == {"event_stats": ("source", "type"),
                                         "segment_stats": ("segment", "country"),
-                                        "user_activity": ("user_id",)}
+                                        "user_activity": ("user_id",),
+                                        "user_sessions": ("user_id",)}
     assert VALUE_COLUMNS == {
         "event_stats": ("count", "value_count", "value_sum", "value_min", "value_max",
                         "revision"),
         "segment_stats": ("count", "value_sum", "revision"),
         "user_activity": ("count", "distinct_types", "types", "types_truncated",
                           "first_event_at", "last_event_at", "revision"),
+        "user_sessions": ("session_end", "duration_seconds", "count", "distinct_types",
+                          "types", "types_truncated", "merged_into", "revision"),
     }
     assert HISTORY_COLUMNS["user_activity"] == ("count", "types", "first_event_at",
                                                 "last_event_at", "types_truncated")

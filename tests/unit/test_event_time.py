@@ -92,7 +92,7 @@ async def test_a_late_event_inside_the_allowed_lateness_updates_the_final_row(
     assert feed(loop, [offsets.item(far)]) == []
     too_late = feed(loop, [offsets.item(event("u1", "buy", T0 + 50_000))])
     assert len(too_late) == 1 and set(too_late[0].tables) == {
-        "event_stats", "user_activity", "segment_stats"}
+        "event_stats", "user_activity", "segment_stats", "user_sessions"}
     await loop.tick()
     assert loop.rows[ident].values == want[ident]
 
@@ -241,6 +241,7 @@ def test_home_partition_is_kafkas_default_partitioner() -> None:
     [
         ({"expires_seconds": 3600}, "expires_seconds must cover"),
         ({"allowed_lateness_seconds": 30}, "allowed_lateness_seconds"),
+        ({"session_gap_seconds": 30}, "session_gap_seconds must be at least tumbling"),
     ],
 )
 def test_window_horizons_are_validated(windows: dict[str, int], needle: str) -> None:

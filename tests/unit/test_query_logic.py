@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
+from collector.aggregates import USER_SESSIONS
 from collector.engine.windows import WindowSpec, new_segment, new_stats
 from collector.web import query_logic as ql
 from collector.web.openapi import openapi_document
@@ -15,6 +16,7 @@ from collector.web.openapi import openapi_document
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SOURCES = ["mobile", "web"]
 MIN = 60_000
+T0 = NOW
 
 
 def test_times_rfc3339_and_epoch_ms() -> None:
@@ -223,3 +225,43 @@ def test_openapi_describes_every_registered_route() -> None:
             routes |= {route.uri for route in blueprint.routes}
     assert "/api/v1/users/{user_id}/activity" in routes
     assert routes <= set(openapi_document(SOURCES)["paths"])
+
+
+def _sessions() -> list[tuple[dict[str, Any], bool]]:
+    out = []
+    for start, count, fin in ((T0, 3, True), (T0 + 3_600_000, 2, False)):
+        agg = USER_SESSIONS.new()
+        agg.update(count=count, types=["click"], first_ts=start, last_ts=start + 60_000,
+                   latest=start + 60_000)
+        out.append((agg, fin))
+    return out
+
+
+def test_sessions_live_history_and_markers() -> None:
+    spec = WindowSpec.sessions(1800, 60, 3600)
+    query = ql.parse_sessions("u1", {"from": str(T0), "to": str(T0 + 7_200_000)}, T0)
+    assert query.table == "user_sessions" and query.key == {"user_id": "u1"}
+    with pytest.raises(ql.ParamError):
+        ql.parse_sessions("bad id!", {}, T0)
+    # the second session (last at T0+61 min) is final once the close mark passed
+    # last + gap + grace; the first was written final before
+    live = ql.session_windows(_sessions(), "u1", query, spec, T0 + 3_660_000)
+    moved = [T0 + 3_700_000]  # a marker's start
+    assert [(w["window_start_ms"], w["values"]["count"], w["final"]) for w in live] == [
+        (T0, 3, True), (T0 + 3_600_000, 2, False)]
+    assert live[0]["window_end"] == ql.rfc3339(T0 + 60_000)  # a session ends at its last event
+    assert ql.session_windows([], "u1", query, spec, 0) == []
+    # history: markers are filtered in SQL; a row at a moved start or inside a live session
+    # is an older version and gives way
+    sql, _ = ql.history_sql(query, spec.seconds)
+    assert "merged_into IS NULL" in sql
+    row = (datetime.fromtimestamp((T0 + 3_700_000) / 1000, UTC).replace(tzinfo=None), "u1",
+           4, "click", datetime.fromtimestamp((T0 + 3_760_000) / 1000, UTC).replace(
+               tzinfo=None), 0, 1)
+    old = ql.history_window("user_sessions", spec, row)
+    assert old["values"] == {"count": 4, "types": ["click"], "first_ts": T0 + 3_700_000,
+                             "last_ts": T0 + 3_760_000, "types_truncated": False}
+    inside = {**old, "window_start_ms": T0 + 30_000}
+    elsewhere = {**old, "window_start_ms": T0 + 5_000_000}
+    got = ql.overlay_sessions([old, inside, elsewhere], live, moved)
+    assert [w["window_start_ms"] for w in got] == [T0, T0 + 3_600_000, T0 + 5_000_000]

@@ -25,6 +25,7 @@ from collector.engine.windows import (
     row_values,
 )
 from collector.sinks import Row
+from tests.oracle import session_oracle
 
 T0 = 1_700_000_040_000  # a minute boundary, in ms
 TOPICS = ["raw.web", "raw.mobile"]
@@ -87,7 +88,8 @@ class Loop:
             self.rows[row.ident] = row
             if row.final:
                 self.final_writes[row.ident] += 1
-        self.flusher.on_user_rows_written([r for r in rows if r.table == "user_activity"])
+        self.flusher.on_user_rows_written(
+            [r for r in rows if r.table in ("user_activity", "user_sessions")])
 
     async def send(self, key: bytes, value: bytes, partition: int | None) -> Any:
         import orjson
@@ -163,6 +165,8 @@ def oracle(events: list[dict[str, Any]], specs: Specs) -> dict[tuple[Any, ...], 
         if "types" in v:
             v["types_truncated"] = len(v["types"]) > specs.max_user_types
             v["types"] = sorted(v["types"][:specs.max_user_types])
+    out.update(session_oracle(events, gap_ms=specs.session.size_ms,
+                              max_user_types=specs.max_user_types))
     return out
 
 
@@ -208,7 +212,7 @@ async def test_golden_windows_close_by_watermark_and_idle(specs: Specs) -> None:
     late_e = event("u1", "click", T0 + 10_000, source="web")
     lates = feed(loop, [item(late_e)])
     assert len(lates) == 1 and "event_stats" in lates[0].tables
-    assert "user_activity" in lates[0].tables
+    assert "user_activity" in lates[0].tables and "user_sessions" in lates[0].tables
     # quiet period: idle timeout closes everything, even with no newer events
     clock.now += 31
     await loop.tick()

@@ -1,0 +1,117 @@
+"""In-process CPU per event of the window engine with and without ``user_sessions``.
+
+``Aggregator.apply`` (the fold) and ``Flusher.tick`` (rows, sessions) over synthetic
+events, in memory (DictState: no RocksDB, no Kafka), so it isolates what session windows
+add to the engine; the worker's whole per-event cost is ``make bench``'s.  Usage::
+
+    python -m benchmarks.sessions_cost [events] [users] [batches per tick] [event-time µs per event]
+
+Defaults: 400,000 events, 10,000 users, a flush every 200 batches of 500 (100,000
+events: 5 s at 20,000 events/s) and 50 µs of event time per event (20,000 events/s in
+real time).  Medians of 5 alternating runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from collector.aggregates import (
+    DEFINITIONS,
+    EVENT_STATS,
+    SEGMENT_STATS,
+    USER_ACTIVITY,
+    Aggregate,
+    WindowSpec,
+)
+from collector.engine.aggregator import Aggregator
+from collector.engine.flusher import Flusher
+from collector.engine.processor import RawRecord
+from collector.engine.specs import Specs
+from collector.engine.state import DictState
+from collector.sinks import Row
+
+T0 = 1_767_225_600_000
+
+
+def events(n: int, users: int, step_us: int, seed: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [{"event_id": f"e{i}", "user_id": f"u{rng.randrange(users)}",
+             "type": rng.choice(["click", "view", "buy", "open"]),
+             "ts": T0 + i * step_us // 1000 - rng.randrange(5000),
+             "value": rng.choice([None, 1.5, 2.0]), "source": "web", "segment": "pro",
+             "country": "DE"} for i in range(n)]
+
+
+async def _ack() -> None:
+    return None
+
+
+async def _send(key: bytes, value: bytes, partition: int | None) -> Awaitable[None]:
+    return _ack()
+
+
+async def run(aggregates: tuple[Aggregate, ...], evs: list[dict[str, Any]],
+              tick_every: int, batch: int = 500) -> tuple[float, float]:
+    """(apply, tick) CPU µs per event."""
+    specs = Specs(WindowSpec.tumbling(60, 60, 3600), WindowSpec.hopping(300, 60, 60, 3600),
+                  WindowSpec.sessions(1800, 60, 3600), aggregates=aggregates)
+    now = [evs[-1]["ts"] / 1000 + 10]
+    agg = Aggregator(DictState(), specs, clock=lambda: now[0])
+
+    def written(rows: list[Row]) -> None:
+        flusher.on_user_rows_written(rows)
+
+    flusher = Flusher(agg, agg.state, specs, ["raw.web"], idle_timeout_s=30,
+                      send_partial=_send, partials_partitions=1, add_user_rows=written,
+                      clock=lambda: now[0], started_at=now[0])
+    assigned = {("raw.web", 0)}
+    records = [(RawRecord("raw.web", 0, i, None, None), e) for i, e in enumerate(evs)]
+    await flusher.tick(assigned)
+    t_apply = t_tick = 0.0
+    for n, i in enumerate(range(0, len(records), batch)):
+        began = time.process_time()
+        agg.apply(records[i:i + batch])
+        agg.forget_folded()
+        t_apply += time.process_time() - began
+        if n % tick_every == tick_every - 1:
+            began = time.process_time()
+            await flusher.tick(assigned)
+            t_tick += time.process_time() - began
+    return t_apply / len(records) * 1e6, t_tick / len(records) * 1e6
+
+
+async def main(argv: list[str]) -> None:
+    n, users, tick_every, step_us = _args(argv)
+    evs = events(n, users, step_us)
+    without = (EVENT_STATS, SEGMENT_STATS, USER_ACTIVITY)
+    results: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
+    for _ in range(5):
+        results["without"].append(await run(without, evs, tick_every))
+        results["with"].append(await run(DEFINITIONS, evs, tick_every))
+    totals = {}
+    for name, runs in results.items():
+        apply_us = statistics.median(r[0] for r in runs)
+        tick_us = statistics.median(r[1] for r in runs)
+        totals[name] = statistics.median(r[0] + r[1] for r in runs)
+        print(f"{name:8s} user_sessions: apply {apply_us:.2f} + tick {tick_us:.2f} "
+              f"= {totals[name]:.2f} µs CPU/event")
+    extra = totals["with"] - totals["without"]
+    print(f"user_sessions adds {extra:+.2f} µs/event ({extra / totals['without']:+.1%}) "
+          f"[{n} events, {users} users, a tick every {tick_every * 500} events, "
+          f"{step_us} µs event time per event]")
+
+
+def _args(argv: list[str]) -> tuple[int, int, int, int]:
+    defaults = [400_000, 10_000, 200, 50]
+    values = [int(a) for a in argv[:4]] + defaults[len(argv[:4]):]
+    return values[0], values[1], values[2], values[3]
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
