@@ -111,6 +111,7 @@ def group_by_oracle(
                 row[column] = len({_label(_field(e, field)) for e in members})
                 row[f"{column}_truncated"] = False
         out[ident] = row
+    return out
 
 
 def session_oracle(

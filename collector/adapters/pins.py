@@ -59,10 +59,13 @@ def _current_event() -> None:
 def _store_set_del() -> None:
     from faust.stores.rocksdb import Store
 
-    _has(Store, "_set", "_del")
+    _has(Store, "_set", "_del", "_db_for_partition")
     params = list(inspect.signature(Store._set).parameters)
     if params[:3] != ["self", "key", "value"]:
         raise TypeError(f"rocksdb Store._set{params}")
+    params = list(inspect.signature(Store._db_for_partition).parameters)
+    if params[:2] != ["self", "partition"]:
+        raise TypeError(f"rocksdb Store._db_for_partition{params}")
 
 
 def _consumer_offsets() -> None:
@@ -161,7 +164,8 @@ def _apply_changelog_batch() -> None:
 
 PINS: list[Pin] = [
     Pin("faust.streams._current_event (ContextVar)", "adapters/state.py", _current_event),
-    Pin("faust rocksdb Store._set/_del(key, value)", "adapters/state.py", _store_set_del),
+    Pin("faust rocksdb Store._set/_del(key, value), _db_for_partition(partition) (one "
+        "WriteBatch per partition)", "adapters/state.py", _store_set_del),
     Pin("faust Consumer._committed_offset/_read_offset", "adapters/consumer.py",
         _consumer_offsets),
     Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
