@@ -515,6 +515,7 @@ def state_keys(records: list[Any], users: dict[str, tuple[str, str]]) -> int:
         keys.add(("s", r.topic, r.partition))
         keys.add(("p", "event_stats", r.topic, r.partition, source, e["type"], ws))
         keys.add(("u", e["user_id"], ws))
+        keys.add(("g", "user_sessions", e["user_id"]))  # one session entry per user
         newest = e["ts"] - e["ts"] % 60_000
         for start in range(newest - 240_000, newest + 1, 60_000):
             keys.add(("p", "segment_stats", r.topic, r.partition, *users[e["user_id"]], start))
