@@ -77,11 +77,11 @@ def _measure(spec: MeasureSpec, max_distinct: int
                 (InfluxField(name, _int(name)), InfluxField(flag, _bool(flag))))
     read = number_reader(spec.field)
     if fn == "sum":
-        return (FieldSum(name, read),
+        return (FieldSum(name, spec.field, read),
                 (Column(name, "DOUBLE", _float(name), value=name, read=float),),
                 (InfluxField(name, _float(name)),))
     kind = FieldMin if fn == "min" else FieldMax
-    return (kind(name, read),
+    return (kind(name, spec.field, read),
             (Column(name, "DOUBLE", _opt_float(name), nullable=True, value=name, read=float),),
             (InfluxField(name, _opt_float(name)),))
 

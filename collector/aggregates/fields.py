@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from collector.aggregates.measures import Getter, State
+from collector.aggregates.measures import Getter, Min, State, Sum
 
 #: the key of an event without the field (or with null): as segment_stats does
 MISSING = "unknown"
@@ -77,86 +77,36 @@ def number_reader(field: str) -> Read:
     return number
 
 
-_NUM: dict[str, Any] = {"type": "number"}
-_NUM_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}  # OpenAPI 3.1 (JSON Schema)
 
 
 @dataclass(frozen=True, slots=True)
-class FieldSum:
-    """Sum of a numeric field (events without a number add nothing)."""
+class FieldSum(Sum):
+    """:class:`Sum` of a field read by ``read`` (a property, or a number in a string)."""
 
-    name: str
     read: Read
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    def initialize(self) -> State:
-        return {self.name: 0.0}
 
     def agg(self, state: State, event: Mapping[str, Any], ts: int) -> None:
         value = self.read(event)
         if value is not None:
             state[self.name] += value
 
-    def merge(self, into: State, other: Mapping[str, Any]) -> None:
-        into[self.name] += other[self.name]
-
-    def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        return {self.name: state[self.name]}
-
-    def getters(self) -> tuple[tuple[str, Getter], ...]:
-        return ((self.name, itemgetter(self.name)),)
-
-    def schema(self) -> dict[str, dict[str, Any]]:
-        return {self.name: _NUM}
-
 
 @dataclass(frozen=True, slots=True)
-class FieldMin:
-    """Least value of a numeric field; None while no event had one."""
+class FieldMin(Min):
+    """:class:`Min` of a field read by ``read``; None while no event had one."""
 
-    name: str
     read: Read
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.name,)
-
-    def pick(self, a: float, b: float) -> float:
-        return a if a <= b else b
-
-    def initialize(self) -> State:
-        return {self.name: None}
 
     def agg(self, state: State, event: Mapping[str, Any], ts: int) -> None:
         self._fold(state, self.read(event))
 
-    def merge(self, into: State, other: Mapping[str, Any]) -> None:
-        self._fold(into, other[self.name])
-
-    def _fold(self, state: State, value: float | None) -> None:
-        if value is not None:
-            old = state[self.name]
-            state[self.name] = value if old is None else self.pick(old, value)
-
-    def result(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        return {self.name: state[self.name]}
-
-    def getters(self) -> tuple[tuple[str, Getter], ...]:
-        return ((self.name, itemgetter(self.name)),)
-
-    def schema(self) -> dict[str, dict[str, Any]]:
-        return {self.name: _NUM_OR_NULL}
-
 
 @dataclass(frozen=True, slots=True)
 class FieldMax(FieldMin):
-    """Greatest value of a numeric field; None while no event had one."""
+    """:class:`Max` of a field read by ``read``; None while no event had one."""
 
-    def pick(self, a: float, b: float) -> float:
-        return a if a >= b else b
+    def pick(self, a: Any, b: Any) -> Any:
+        return max(a, b)
 
 
 @dataclass(frozen=True, slots=True)
