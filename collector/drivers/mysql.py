@@ -11,6 +11,7 @@ from typing import Any
 import aiomysql
 
 from collector.config import MySQLSettings
+from collector.drivers.deadline import deadline
 
 
 class LazyPool:
@@ -36,7 +37,7 @@ class LazyPool:
             return pool
         async with self._lock:
             if self._pool is None:  # not created by another task while we waited
-                async with asyncio.timeout(self._settings.timeout):
+                async with deadline(self._settings.timeout):
                     self._pool = await aiomysql.create_pool(
                         **self._options, **self._settings.connect_kwargs())
             return self._pool

@@ -10,7 +10,6 @@ enricher decides whether to fall back to MySQL.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from collector.config.settings import RedisSettings
+from collector.drivers.deadline import deadline
 from collector.enrichment.errors import CacheUnavailable, SourceError
 from collector.enrichment.users import UserProfile
 
@@ -173,11 +173,13 @@ class ProfileCache:
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            timeout = self._settings.timeout
+            # redis-py's own read timeout is plain asyncio: it would fire behind a busy
+            # loop (see drivers/deadline.py), so it is only a backstop past _guard's bound
+            backstop = self._settings.timeout * 8
             self._client = aioredis.Redis.from_url(
                 self._settings.url.get_secret_value(),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
+                socket_timeout=backstop,
+                socket_connect_timeout=backstop,
                 # No retries inside: one bounded attempt, the enricher decides what next.
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
@@ -188,7 +190,7 @@ class ProfileCache:
     async def _guard(self, op: str) -> AsyncIterator[None]:
         """Bound ``op`` by the timeout and translate Redis errors into source errors."""
         try:
-            async with asyncio.timeout(self._settings.timeout):
+            async with deadline(self._settings.timeout):
                 yield
         except TimeoutError as exc:
             raise CacheUnavailable(f"redis {op} timed out after {self._settings.timeout}s") from exc

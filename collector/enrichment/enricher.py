@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from collector.config.settings import Settings
+from collector.drivers.deadline import deadline
 from collector.enrichment.cache import NEGATIVE, Negative, ProfileCache
 from collector.enrichment.errors import SourceError
 from collector.enrichment.users import UNKNOWN_PROFILE, UserProfile, UserRepository
@@ -178,7 +179,7 @@ class Enricher:
         waiting: list[Circuit] = []  # the dependency being awaited, for the timeout case
         if ids:
             try:
-                async with asyncio.timeout(self._lookup_timeout):
+                async with deadline(self._lookup_timeout):
                     await self._resolve(ids, results, waiting)
             except TimeoutError:
                 if waiting:  # too slow counts as down: later batches skip it for a while

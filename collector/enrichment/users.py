@@ -7,7 +7,6 @@ later" (``SourceUnavailable``) from "this will never work" (``SourceError``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import orjson
 import pymysql
 
 from collector.config.settings import MySQLSettings
+from collector.drivers.deadline import deadline
 from collector.drivers.mysql import LazyPool
 from collector.enrichment.errors import SourceError, SourceUnavailable
 
@@ -157,7 +157,7 @@ class UserRepository:
     async def _query(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
         pool = await self._ensure_pool()
         with mysql_errors("query"):
-            async with asyncio.timeout(self._settings.timeout):
+            async with deadline(self._settings.timeout):
                 conn = await pool.acquire()
                 try:
                     async with conn.cursor() as cur:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypedDict
 
+from collector.drivers.deadline import deadline
 from collector.observability import Metrics, tracing
 from collector.sinks.rows import Ident, Row
 
@@ -276,7 +277,7 @@ class Sink(ABC):
             with tracing.span("collector.sink.write", {"collector.sink": self.name,
                                                        "collector.rows": len(batch)},
                               kind="CLIENT", links=tracing.links_for(self.name)):
-                async with asyncio.timeout(self.write_timeout):
+                async with deadline(self.write_timeout):
                     return await self.write(batch)
         except (SinkUnavailable, BatchRejected):
             raise

@@ -7,6 +7,7 @@ their OWN throwaway redis-server/mariadbd (``servers.py``), never the shared one
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -378,3 +379,43 @@ async def test_cache_errors_are_sorted(own_redis: RedisServer) -> None:
         assert not isinstance(info.value, SourceUnavailable)
     finally:
         await asyncio.gather(refused.close(), wrong_auth.close())
+
+
+async def test_a_busy_loop_is_not_a_redis_outage(own: Settings, own_redis: RedisServer) -> None:
+    """Redis answers while the worker's loop is blocked (a long flush, a loaded host).
+
+    With a plain ``asyncio.timeout`` the reply, already in the socket, lost the race to
+    the timer: the MGET counted as a Redis failure, the circuit opened, and with MySQL
+    unreachable the profile came back DEGRADED (the full-size outage run enriched
+    thousands of events as ``unknown`` that way). The lookup must read the reply.
+    """
+    user_id = _unique("busy")
+    profile = UserProfile(user_id, "smb", "NL", "pro")
+    repo, cache = UserRepository(own.mysql), ProfileCache(own.redis)
+    await cache.put_many({user_id: profile}, await cache.versions([user_id]))
+    # No MySQL behind it: a Redis "timeout" can only end DEGRADED, never MISS.
+    unreachable = MySQLSettings(dsn=SecretStr(f"mysql://u:p@127.0.0.1:{free_port()}/x"),
+                                timeout=0.2)
+    enricher = Enricher(cache, UserRepository(unreachable), lookup_timeout=0.5,
+                        redis_backoff=5.0)
+    await enricher.start()
+
+    def block() -> None:
+        # Redis is held until 50 ms so that its reply lands while this callback holds
+        # the loop, as it does when the host is loaded (unpaused it would answer before
+        # the loop's next poll and the race would never be run).
+        threading.Timer(0.05, own_redis.resume).start()
+        time.sleep(4 * own.redis.timeout)
+
+    try:
+        for _ in range(3):
+            own_redis.pause()
+            # 10 ms in, the MGET is written and waiting for the paused Redis
+            asyncio.get_running_loop().call_later(0.01, block)
+            outcomes = _outcomes(await enricher.enrich_many([user_id]))
+            assert outcomes == {user_id: Outcome.HIT}
+    finally:
+        own_redis.resume()
+        await cache.invalidate(user_id)
+        await enricher.close()
+        await repo.close()
