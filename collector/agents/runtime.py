@@ -121,6 +121,7 @@ class Runtime(mode.Service):
             raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
             send_partial=self._send_partial, partials_partitions=kafka.partitions,
             add_user_rows=self.sinks.add, caught_up=self.caught_up,
+            session_update_s=windows.session_update_seconds,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
         self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog)

@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
-from collector.engine.sessions import KIND, Due, SessionPlan, session_key
+from collector.engine.session_flush import SessionFlush
+from collector.engine.sessions import KIND, SessionPlan
 from collector.engine.state import State
 from collector.sinks import Row
 
@@ -117,24 +118,26 @@ class Flusher:
     #: per tick: partition -> (least marks of its raw topics' slots, newest stream time)
     _by_partition: dict[int, tuple[Marks, int]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
-    #: session aggregates by table, and per sessions entry: start -> revision of the
-    #: final row MySQL confirmed (-1: its marker), when it next needs a visit, and
-    #: whether a confirmation asks for one now
-    sessions: dict[str, SessionPlan] = field(init=False)
-    session_confirmed: dict[str, dict[int, int]] = field(default_factory=dict)
-    session_due: dict[str, Due] = field(default_factory=dict)
-    session_visit: set[str] = field(default_factory=set)
-    #: sessions entries of owned partitions -> partition (the index's ``g|`` keys)
-    session_index: dict[str, int] = field(default_factory=dict)
+    #: seconds a changed user window may wait before its user's sessions are updated
+    session_update_s: float = 0.0
+    #: the session aggregates' side of the flush (engine/session_flush.py)
+    session_flush: SessionFlush = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sessions = {a.name: SessionPlan.of(self.specs, a) for a in self.specs.sessioned}
+        plans = {a.name: SessionPlan.of(self.specs, a) for a in self.specs.sessioned}
+        self.session_flush = SessionFlush(plans, self.state, self.aggregator.index,
+                                          self.session_update_s)
+
+    @property
+    def sessions(self) -> dict[str, SessionPlan]:
+        """Session aggregates by table."""
+        return self.session_flush.plans
 
     def rescan(self, assigned: Collection[tuple[str, int]]) -> None:
         """After start or rebalance: index what the recovered tables hold, flush it all."""
         agg = self.aggregator
         agg.index.clear()
-        self.session_index.clear()
+        self.session_flush.reset()
         self.final_sent.clear()
         self.pruned.clear()
         owned = {p for _, p in assigned}
@@ -144,11 +147,10 @@ class Flusher:
                 if value.get("kind") in ("p", "u", KIND):
                     self.resend.add(key)
                 if value.get("kind") == KIND:
-                    self.session_index[key] = value["partition"]
+                    self.session_flush.track(key, value["partition"])
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)
-        self.session_due.clear()
         self.needs_rescan = False
         log.info("windows: re-indexed %d state keys after start/rebalance", len(agg.index))
 
@@ -157,12 +159,7 @@ class Flusher:
             if row.final and row.table == self.specs.anchor.name:
                 self.confirmed[user_key(row.key[0], row.window_start_ms)] = row.revision
             elif row.final and row.table in self.sessions:
-                key = session_key(row.table, row.key[0])
-                marker = row.values.get("merged_into") is not None
-                confirmed = self.session_confirmed.setdefault(key, {})
-                confirmed[row.window_start_ms] = -1 if marker else row.revision
-                if marker:
-                    self.session_visit.add(key)
+                self.session_flush.on_row_written(row)
 
     async def tick(self, assigned: Collection[tuple[str, int]]) -> dict[str, int]:
         """One flush; returns counts (for logs and tests)."""
@@ -179,8 +176,6 @@ class Flusher:
         pending: list[Awaitable[Any]] = []
         to_delete: list[tuple[int, str]] = []
         user_rows: list[Row] = []
-        #: (partition, user_id) -> the user windows (panes) that changed, by start
-        panes: dict[tuple[int, str], dict[int, dict[str, Any]]] = {}
         stats = {"partials": 0, "final_partials": 0, "user_rows": 0, "deleted": 0}
         for key, partition in list(agg.index.items()):
             if partition not in owned_parts or key[0] not in "pug":
@@ -212,7 +207,8 @@ class Flusher:
                     to_delete.append((partition, key))
                 continue
             if self.sessions and (key in dirty or key in resend):
-                panes.setdefault((partition, entry["key"][0]), {})[ws] = entry["agg"]
+                self.session_flush.changed(partition, entry["key"][0], ws, entry["agg"],
+                                           now_s, at_once=key in resend)
             changed = self._prune_ids(key, entry, self._newest_st(partition, marks))
             if send:
                 if emit_final(entry, final, key in dirty) or changed:
@@ -223,10 +219,14 @@ class Flusher:
                     self.final_sent.add(key)  # in memory only: re-sent after a restart
             elif gone and self.confirmed.get(key, -1) == entry.get("rev", 0):
                 to_delete.append((partition, key))  # its last row is in every sink
+                if self.sessions:
+                    self.session_flush.needed(partition, entry["key"][0])
             elif changed:
                 self.state.set(partition, key, entry)
         if self.sessions:
-            self._flush_sessions(owned_parts, marks, panes, resend, user_rows, to_delete)
+            self.session_flush.flush(
+                owned_parts, now_s, lambda p: self._partition_marks(p, marks)[0], resend,
+                user_rows, to_delete)
         # close marks go after the partials they cover: same producer, same partition order
         for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")
@@ -243,72 +243,12 @@ class Flusher:
             self.final_sent.discard(key)
             self.confirmed.pop(key, None)
             self.pruned.discard(key)
-            self.session_due.pop(key, None)
-            self.session_confirmed.pop(key, None)
-            self.session_index.pop(key, None)
+            self.session_flush.forget(key)
             stats["deleted"] += 1
         if user_rows:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
-
-    def _flush_sessions(
-        self, owned: set[int], marks: dict[str, Marks],
-        panes: dict[tuple[int, str], dict[int, dict[str, Any]]], resend: set[str],
-        rows: list[Row], to_delete: list[tuple[int, str]],
-    ) -> None:
-        """Copy the changed user windows into their users' sessions entries, then emit
-        those and every entry a close mark, a horizon or a confirmation is due for."""
-        index, visited = self.aggregator.index, set()
-        for (partition, user_id), changed in panes.items():
-            for table, plan in self.sessions.items():
-                key = session_key(table, user_id)
-                entry = self.state.get(partition, key) or plan.new_entry(user_id, partition)
-                updated: dict[str, dict[str, Any] | None] = {}
-                for ws, agg in changed.items():
-                    updated[str(ws)] = entry["panes"].get(str(ws))
-                    entry["panes"][str(ws)] = plan.copy(agg)
-                index[key] = self.session_index[key] = partition
-                visited.add(key)
-                self._flush_entry(key, partition, plan, entry, marks, key in resend, rows,
-                                  to_delete, updated)
-        for key, partition in list(self.session_index.items()):
-            if partition not in owned or key in visited:
-                continue
-            plan = self.sessions[key.split(SEP, 2)[1]]
-            due = self.session_due.get(key)
-            if (key not in resend and key not in self.session_visit and due is not None
-                    and not due.reached(*self._partition_marks(partition, marks)[0])):
-                continue  # most users, most ticks: no store read
-            held = self.state.get(partition, key)
-            if held is None:
-                index.pop(key, None)
-                self.session_index.pop(key, None)
-                self.session_due.pop(key, None)
-                continue
-            self._flush_entry(key, partition, plan, held, marks, key in resend, rows,
-                              to_delete)
-
-    def _flush_entry(self, key: str, partition: int, plan: SessionPlan,
-                     entry: dict[str, Any], marks: dict[str, Marks], resend: bool,
-                     rows: list[Row], to_delete: list[tuple[int, str]],
-                     updated: dict[str, dict[str, Any] | None] | None = None) -> None:
-        self.session_visit.discard(key)
-        mark, st, ret = self._partition_marks(partition, marks)[0]
-        confirmed = self.session_confirmed.get(key, {})
-        out, due = plan.flush(entry, mark, st, ret, resend, confirmed.get, updated)
-        for row in out:
-            confirmed.pop(row.window_start_ms, None)  # a newer row supersedes it
-        rows.extend(out)
-        if plan.empty(entry):
-            to_delete.append((partition, key))
-            return
-        self.state.set(partition, key, entry)
-        if confirmed:
-            live = {int(s) for s in entry["rows"]} | {m["s"] for m in entry["dead"]}
-            for start in [s for s in confirmed if s not in live]:
-                del confirmed[start]
-        self.session_due[key] = due
 
     def _past_dedupe(self, ws: int, st: int) -> bool:
         return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st

@@ -29,7 +29,6 @@ from yarl import URL
 from collector.agents.runtime import Runtime
 from collector.engine.aggregator import user_key
 from collector.engine.merger import mark_key
-from collector.engine.sessions import session_key
 from collector.web import query_logic as ql
 from collector.web.history import HistoryUnavailable
 from collector.web.openapi import openapi_document
@@ -138,7 +137,8 @@ def local_sessions(rt: Runtime, query: ql.Query, partition: int
     _check_local(rt, [partition], _owned(rt, raw_topics))
     user_id = query.key["user_id"]
     assert user_id is not None
-    entry = rt.window_state.get(partition, session_key(query.table, user_id))
+    # with the user windows still waiting to be copied in (engine/session_flush.py)
+    entry = rt.flusher.session_flush.live(partition, query.table, user_id)
     if entry is None:
         return [], []
     plan = rt.flusher.sessions[query.table]

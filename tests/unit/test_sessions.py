@@ -70,9 +70,9 @@ def ident(start: int, user: str = "u1") -> tuple[Any, ...]:
     return ("user_sessions", start, GAP_MS // 1000, (user,))
 
 
-async def started(specs: Specs, clock: Clock) -> tuple[Loop, Feeder]:
+async def started(specs: Specs, clock: Clock, update_s: float = 0.0) -> tuple[Loop, Feeder]:
     """A loop whose first tick indexed the (empty) tables, as a worker's does."""
-    loop = Loop(specs, clock)
+    loop = Loop(specs, clock, session_update_s=update_s)
     await loop.tick()
     return loop, Feeder(loop)
 
@@ -217,9 +217,8 @@ async def test_a_restart_keeps_sessions_and_marks_rows_written_before_it(
     first = [event("u1", "click", T0 + 5 * MIN_MS)]
     assert send(first) == []
     await loop.tick()
-    restarted = Loop(specs, clock)  # the same tables (recovered), fresh everything else
-    restarted.agg.state = loop.agg.state
-    restarted.flusher.state = loop.agg.state
+    # the same tables (recovered), fresh everything else
+    restarted = Loop(specs, clock, state=loop.agg.state)  # type: ignore[arg-type]
     restarted.rows = loop.rows
     send.loop = restarted
     earlier = [event("u1", "view", T0 + 2 * MIN_MS)]  # moves the start
@@ -229,14 +228,16 @@ async def test_a_restart_keeps_sessions_and_marks_rows_written_before_it(
     assert markers(restarted) == {T0 + 5 * MIN_MS: T0 + 2 * MIN_MS}
 
 
+@pytest.mark.parametrize("update_s", [0.0, 12.0])
 @pytest.mark.parametrize("seed", [11, 18, 26])
-async def test_random_traffic_matches_the_oracle(specs: Specs, seed: int) -> None:
+async def test_random_traffic_matches_the_oracle(specs: Specs, seed: int,
+                                                 update_s: float) -> None:
     """Out of order by up to 20 min, stragglers up to 55 min, in batches with flushes
-    between, retries, pauses: the live rows are the oracle's sessions and every marker
-    leads to one."""
+    5 s apart, retries, pauses: the live rows are the oracle's sessions and every marker
+    leads to one, whether each flush updates the sessions or only every 12 s do."""
     rng = random.Random(seed)
     clock = Clock(T0 / 1000 + 72 * 3600)  # ahead of every event: stream time uncapped
-    loop, send = await started(specs, clock)
+    loop, send = await started(specs, clock, update_s)
     counted: list[dict[str, Any]] = []
     t = T0
     for _ in range(40):
@@ -258,6 +259,7 @@ async def test_random_traffic_matches_the_oracle(specs: Specs, seed: int) -> Non
                 counted.append(e)
         retries = [dict(e) for e in rng.sample(batch[-3:], min(2, len(batch)))]
         assert [late for late in send(batch + retries) if "user_sessions" in late.tables] == []
+        clock.now += 5
         await loop.tick()
     await settle(loop, clock)
     expected = session_oracle(counted, gap_ms=GAP_MS)
@@ -284,3 +286,102 @@ def test_a_session_window_needs_the_user_windows_measures_and_gap() -> None:
     with pytest.raises(ValueError, match="at least the user_activity window"):
         Specs(WindowSpec.tumbling(60, 60), WindowSpec.hopping(300, 60, 60),
               WindowSpec.sessions(30, 60))
+
+
+# -- updates every update_s seconds (windows.session_update_seconds) --------------------
+
+UPDATE_S = 60.0
+
+
+async def test_an_open_session_is_rewritten_once_per_update_interval(specs: Specs) -> None:
+    clock = Clock(T0 / 1000 + 4 * 3600)
+    loop, send = await started(specs, clock, UPDATE_S)
+    assert send([event("u1", "click", T0)]) == []
+    await loop.tick()
+    assert ident(T0) not in loop.rows  # waiting: the first update is due in 60 s
+    view = loop.flusher.session_flush.live(0, "user_sessions", "u1")
+    assert view is not None and [s["count"] for s in loop.flusher.sessions[
+        "user_sessions"].sessions(view)] == [1]  # the query API sees it at once
+    writes = []
+    for n in range(1, 26):  # two minutes of flushes, an event before each
+        assert send([event("u1", "view", T0 + n * 1_000)]) == []
+        clock.now += 5
+        await loop.tick()
+        if ident(T0) in loop.rows:
+            writes.append(loop.rows[ident(T0)].values["count"])
+            del loop.rows[ident(T0)]
+    # 60 s after the first change (n = 12), 60 s after the next one (n = 13): each row
+    # with every event until then
+    assert writes == [13, 26]
+    assert loop.agg.state.get(0, session_key("user_sessions", "u1"))["panes"]
+
+
+async def test_a_session_never_turns_final_without_the_panes_that_wait(
+    specs: Specs,
+) -> None:
+    base = T0 + 2 * 3_600_000
+    # the wall clock an hour ahead (stream time is capped by it), the sources never
+    # quiet for the idle timeout: only event time closes sessions
+    clock = Clock(base / 1000 + 3600)
+    loop, send = await started(specs, clock, update_s=20)
+    assert send([event("u1", "click", base)]) == []
+    await loop.tick()
+    clock.now += 20
+    await loop.tick()
+    assert loop.rows[ident(base)].values["count"] == 1  # the entry exists, with a due time
+    assert send([event("u1", "view", base + 5 * MIN_MS)]) == []
+    await loop.tick()  # waits: not 20 s since it changed
+    # both sources' stream time past the first event's last + gap + grace: the entry is
+    # due, and the second event that waits would extend the session
+    ahead = base + GAP_MS + 2 * MIN_MS
+    assert send([event("u2", "buy", ahead), event("u3", "buy", ahead, source="mobile")]) == []
+    await loop.tick()
+    row = loop.rows[ident(base)]
+    assert not row.final  # u1's session goes on: its second event was taken in first
+    assert row.values["count"] == 2 and row.values["last_ts"] == base + 5 * MIN_MS
+    later = base + GAP_MS + 8 * MIN_MS
+    assert send([event("u2", "buy", later), event("u3", "buy", later, source="mobile")]) == []
+    await loop.tick()
+    row = loop.rows[ident(base)]
+    assert row.final and row.revision == 0 and row.values["count"] == 2
+
+
+async def test_a_user_window_about_to_go_is_copied_first(specs: Specs) -> None:
+    """A user nothing else makes due: its only window is gone (and confirmed) before
+    the update interval passed; it must reach the sessions before it is deleted."""
+    clock = Clock(T0 / 1000 + 6 * 3600)
+    loop, send = await started(specs, clock, update_s=1e9)
+    counted = [event("u1", "click", T0)]
+    assert send(counted) == []
+    await loop.tick()
+    assert send([event("u2", "click", T0 + 2 * GAP_MS + 3_600_000)]) == []
+    await settle(loop, clock)
+    assert loop.agg.state.get(0, f"u|u1|{T0}") is None  # the user window is gone
+    assert live(loop)[ident(T0)] == session_oracle(counted, gap_ms=GAP_MS)[ident(T0)]
+    assert sessions(loop)[ident(T0)].final
+
+
+async def test_a_revoked_partition_drops_its_waiting_users(specs: Specs) -> None:
+    clock = Clock(T0 / 1000 + 4 * 3600)
+    loop, send = await started(specs, clock, UPDATE_S)
+    assert send([event("u1", "click", T0)]) == []
+    await loop.tick()
+    assert (0, "u1") in loop.flusher.session_flush.pending
+    await loop.flusher.tick(set())  # partition 0 went to another worker
+    assert loop.flusher.session_flush.pending == {}
+
+
+async def test_replayed_data_is_not_kept_waiting(specs: Specs) -> None:
+    """Old data (a backfill, a replay): its sessions can close at once, so they do,
+    whatever the update interval."""
+    clock = Clock(T0 / 1000 + 4 * 3600)
+    loop, send = await started(specs, clock, update_s=1e9)
+    events = [event("u1", "click", T0), event("u1", "view", T0 + 4 * MIN_MS),
+              event("u1", "buy", T0 + 3 * GAP_MS)]
+    ahead = T0 + 5 * GAP_MS  # past the newest pane's end + gap + grace
+    others = [event("u2", "x", ahead), event("u3", "x", ahead, source="mobile")]
+    assert send(events + others) == []
+    await loop.tick()
+    assert live(loop) == session_oracle(events, gap_ms=GAP_MS)
+    assert all(r.final for k, r in sessions(loop).items() if k[3] == ("u1",))
+    assert (0, "u2") in loop.flusher.session_flush.pending  # its session may go on

@@ -54,11 +54,13 @@ class Clock:
 class Loop:
     """Combiner -> partials 'topic' -> merger -> rows, all in memory."""
 
-    def __init__(self, specs: Specs, clock: Clock) -> None:
+    def __init__(self, specs: Specs, clock: Clock, *, state: DictState | None = None,
+                 session_update_s: float = 0.0) -> None:
+        """``state``: the tables a restarted worker recovers (default: empty)."""
         self.clock = clock
         self.rows: dict[tuple[Any, ...], Row] = {}
         self.final_writes: defaultdict[tuple[Any, ...], int] = defaultdict(int)
-        self.agg = Aggregator(DictState(), specs, clock=clock)
+        self.agg = Aggregator(DictState() if state is None else state, specs, clock=clock)
         self.merger = Merger(
             DictState(),
             specs,
@@ -78,6 +80,7 @@ class Loop:
             add_user_rows=self.add_rows,
             clock=clock,
             started_at=clock.now,
+            session_update_s=session_update_s,
         )
 
     def add_rows(self, rows: list[Row]) -> None:
