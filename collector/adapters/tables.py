@@ -90,7 +90,11 @@ def rocksdb_options(settings: Settings) -> dict[str, int]:
     store is rebuilt from the changelog anyway, so smaller memtables only flush sooner.
     """
     return {"write_buffer_size": settings.app.rocksdb_write_buffer_mb << 20,
-            "max_write_buffer_number": 2}
+            "max_write_buffer_number": 2,
+            # Faust's 2 GB block cache per partition database: a 10-minute MySQL outage
+            # with 10,000 users (state read back from the store) took the worker to
+            # 1,515 MB; the cache only spares re-reads of recently evicted entries
+            "block_cache_size": settings.app.rocksdb_block_cache_mb << 20}
 
 
 def create_tables(app: faust.App, settings: Settings) -> Tables:

@@ -93,7 +93,8 @@ class Runtime(mode.Service):
         kafka, windows = settings.kafka, settings.windows
         self.specs = Specs.from_settings(settings)
         changelog = self.output if kafka.bulk_changelog else None
-        self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog)
+        self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog,
+                                       cache_max=settings.app.state_cache_keys)
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
@@ -124,7 +125,8 @@ class Runtime(mode.Service):
             session_update_s=windows.session_update_seconds,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
-        self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog)
+        self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog,
+                                       cache_max=settings.app.state_cache_keys)
         self.merger = Merger(
             state=self.merger_state, specs=self.specs,
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],
@@ -261,7 +263,8 @@ class Runtime(mode.Service):
         except Exception:  # consumer not started yet
             assigned = []
         old = {(p.topic, str(p.partition)) for p in self.lag.partitions if p.lag is not None}
-        rows = self.lag.update(consumer_offsets(self.app.consumer, assigned) if assigned else {})
+        rows = self.lag.update(consumer_offsets(self.app.consumer, assigned) if assigned else {},
+                               held=self.backpressure.paused)
         new = {(p.topic, str(p.partition)): p.lag for p in rows if p.lag is not None}
         gauge = self.metrics.consumer_lag
         for labels in old - set(new):

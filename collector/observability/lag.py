@@ -11,7 +11,7 @@ is not making progress.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 TopicPartition = tuple[str, int]
@@ -62,8 +62,14 @@ class LagTracker:
         self._progress: dict[TopicPartition, _Progress] = {}
         self.partitions: list[PartitionLag] = []
 
-    def update(self, samples: Mapping[TopicPartition, Offsets]) -> list[PartitionLag]:
-        """Record one sample of every assigned partition; forget unassigned ones."""
+    def update(self, samples: Mapping[TopicPartition, Offsets],
+               held: Collection[TopicPartition] = ()) -> list[PartitionLag]:
+        """Record one sample of every assigned partition; forget unassigned ones.
+
+        ``held``: partitions the worker paused on purpose (sink backpressure).  Their
+        commits stop by design, so they count as progressing, and a resumed one is timed
+        from its resume: a MySQL outage must not make every worker unready.
+        """
         now = self._clock()
         for tp in set(self._progress) - set(samples):
             del self._progress[tp]
@@ -71,7 +77,8 @@ class LagTracker:
         for (topic, partition), offsets in sorted(samples.items()):
             lag = lag_of(offsets)
             seen = self._progress.get((topic, partition))
-            if seen is None or seen.committed != offsets.committed or not lag:
+            if (seen is None or seen.committed != offsets.committed or not lag
+                    or (topic, partition) in held):
                 seen = self._progress[(topic, partition)] = _Progress(offsets.committed, now)
             rows.append(PartitionLag(topic, partition, offsets.highwater, offsets.committed,
                                      lag, now - seen.since))

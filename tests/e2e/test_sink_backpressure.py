@@ -156,7 +156,8 @@ async def test_mysql_outage_pauses_consumption_and_catches_up(
         print("\n[backpressure] failed; worker metrics:\n" + "\n".join(
             line for line in text.splitlines() if line.startswith((
                 "collector_events_", "collector_late", "collector_window", "collector_sink",
-                "collector_backpressure", "collector_produce"))), flush=True)
+                "collector_backpressure", "collector_produce", "collector_enrichment"))),
+            flush=True)
         raise
     caught_up = time.monotonic() - marks["up"]
     text = await metrics(worker)

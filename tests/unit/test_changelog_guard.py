@@ -83,8 +83,11 @@ def test_state_stores_get_small_memtables(tmp_path: Any) -> None:
     partition let the worker's RSS grow with the events written: issue 17)."""
     app = faust.App("memtable-test", broker="kafka://127.0.0.1:1", store="rocksdb://",
                     datadir=str(tmp_path), autodiscover=False)
-    settings = Settings.model_validate({"app": {"rocksdb_write_buffer_mb": 4}})
+    settings = Settings.model_validate({"app": {"rocksdb_write_buffer_mb": 4,
+                                                "rocksdb_block_cache_mb": 16}})
     tables = create_tables(app, settings)
     for table in (tables.state, tables.merged):
         options = table.data.rocksdb_options
         assert (options.write_buffer_size, options.max_write_buffer_number) == (4 << 20, 2)
+        # and a block cache of app.rocksdb_block_cache_mb, not Faust's 2 GB per partition
+        assert options.block_cache_size == 16 << 20

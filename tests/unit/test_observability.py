@@ -268,3 +268,24 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
                                       {"topic": "collect.raw.web", "partition": "2"}) is None
     assert registry.get_sample_value("faust_messages_received_total") == 5
     assert registry.get_sample_value("faust_active_messages") == 2  # two never acked
+
+
+def test_partitions_held_by_backpressure_are_not_stalled() -> None:
+    """A sink outage pauses the raw partitions on purpose: commits stop, lag grows, and
+    the worker must stay ready (the full-size MySQL outage run went unready for 10 min)."""
+    clock = Clock()
+    tracker = LagTracker(clock)
+    held, free = ("collect.raw.web", 0), ("collect.raw.web", 1)
+    tracker.update({held: Offsets(100, 50, 60), free: Offsets(100, 50, 60)}, held=[held])
+    for _ in range(10):
+        clock.now += 60
+        tracker.update({held: Offsets(200, 50, 60), free: Offsets(200, 50, 60)},
+                       held=[held])
+    assert [p.partition for p in tracker.stalled(120)] == [1]
+    # resumed: timed from the resume, not from the last commit ten minutes ago
+    clock.now += 5
+    tracker.update({held: Offsets(200, 50, 60), free: Offsets(200, 50, 60)})
+    assert [p.partition for p in tracker.stalled(10)] == [1]
+    clock.now += 200
+    tracker.update({held: Offsets(200, 50, 60), free: Offsets(200, 50, 60)})
+    assert [p.partition for p in tracker.stalled(120)] == [0, 1]  # a real stall again
