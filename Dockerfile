@@ -31,11 +31,15 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Dependencies first: this layer is reused until pyproject.toml changes.
-COPY pyproject.toml ./
+# Dependencies first: this layer is reused until pyproject.toml or the lock changes. The
+# runtime dependencies of pyproject.toml, each at the version requirements.lock pins (the
+# lock, without its hashes, as constraints: the lock also holds the dev extra, which
+# stays out of the image), so the image runs what CI tested.
+COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
+ && sed -e '/^ *--hash/d' -e 's/ *\\$//' requirements.lock > /tmp/constraints.txt \
  && pip install --upgrade pip wheel \
- && pip install -r /tmp/requirements.txt
+ && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
 
 # Then collector itself, built as a wheel and installed (no editable install, no source
 # tree at run time; migrations/*.sql travel as package data).

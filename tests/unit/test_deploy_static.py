@@ -869,3 +869,34 @@ def test_grafana_provisioning_matches_compose() -> None:
         ids = [p["id"] for p in _panels(dashboard["panels"])]
         assert len(ids) == len(set(ids)), "panel ids must be unique"
         assert dashboard["uid"]
+
+
+def test_the_image_installs_the_locked_versions(tmp_path: Path) -> None:
+    """The image's runtime dependencies are requirements.lock's versions (what CI ran),
+    not whatever pyproject's ranges resolve to on the day of the build: the Dockerfile's
+    own sed turns the lock into constraints that pin every runtime package."""
+    import subprocess
+    import tomllib
+
+    run = next(r for r in dockerfile("RUN") if "requirements.lock > /tmp/constraints.txt" in r)
+    assert "COPY pyproject.toml requirements.lock ./" in [
+        f"COPY {rest}" for rest in dockerfile("COPY")]
+    assert "pip install -c /tmp/constraints.txt -r /tmp/requirements.txt" in run
+    sed = next(part.strip() for part in run.split("&&") if part.strip().startswith("sed "))
+    argv = shlex.split(sed.replace("requirements.lock", str(ROOT / "requirements.lock"))
+                       .replace("/tmp/constraints.txt", str(tmp_path / "c.txt")))
+    assert argv[-2] == ">"
+    with open(argv[-1], "w", encoding="utf-8") as out:
+        subprocess.run(argv[:-2], stdout=out, check=True)
+    pins = {}
+    for line in (tmp_path / "c.txt").read_text("utf-8").splitlines():
+        assert "--hash" not in line and not line.rstrip().endswith("\\"), line
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, _, version = line.split(";")[0].strip().partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
+    for dep in deps:
+        name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned by requirements.lock"
+    assert "pytest" not in deps and "pytest" in pins  # the lock has the dev extra; pip -c
+    # installs only what -r asks for, so it stays out of the image
