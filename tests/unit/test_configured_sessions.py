@@ -213,3 +213,37 @@ async def test_the_user_window_carries_extra_state_only_when_configured() -> Non
             assert value["agg"][EXTRA][NAME]["revenue"] == 2.0
         else:
             assert set(value["agg"]) == {"count", "types", "first_ts", "last_ts", "latest"}
+
+
+def test_a_session_answer_from_mysql_fits_its_openapi_path() -> None:
+    """A configured session's MySQL row, read back as the query API does (history_sql's
+    SELECT, history_window), holds first_ts, last_ts and the measures, and validates
+    against the document's schema for its path; the SELECT leaves markers out."""
+    import jsonschema
+
+    from collector.aggregates.definition import naive_utc
+    from collector.web import query_logic as ql
+    from collector.web.openapi import openapi_document
+
+    specs = specs_with(True)
+    defn, spec = specs.definition(NAME), specs.for_table(NAME)
+    query = ql.parse_aggregate(defn, {"from": str(T0), "to": str(T0 + GAP_MS),
+                                      "user_id": "u1"}, ["web"], T0)
+    sql, args = ql.history_sql(query, spec.seconds, defn)
+    assert "merged_into IS NULL" in sql and "`user_id` = %s" in sql and "u1" in args
+    by_value = {"last_ts": naive_utc(T0 + 5_000), "count": 2, "revenue": 3.5,
+                "min_properties_amount": None, "max_value": 1.0, "distinct_type": 2,
+                "distinct_type_truncated": 0}
+    raw = (naive_utc(T0), "u1", *(by_value[c.value or ""] for c in defn.history_columns), 1)
+    window = ql.history_window(NAME, spec, raw, defn)
+    assert window["values"] == {"first_ts": T0, "last_ts": T0 + 5_000, "count": 2,
+                                "revenue": 3.5, "min_properties_amount": None,
+                                "max_value": 1.0, "distinct_type": 2,
+                                "distinct_type_truncated": False}
+    assert window["window_end"] == ql.rfc3339(T0 + 5_000)  # a session ends at its last
+    body = ql.response(query, spec, [window])
+    doc = openapi_document(["web"], specs.aggregates)
+    for path in (f"/api/v1/aggregates/{NAME}", "/api/v1/aggregates/{name}"):
+        schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        jsonschema.Draft202012Validator({"components": doc["components"],
+                                         **schema["schema"]}).validate(body)
