@@ -1,7 +1,8 @@
 """A session window declared in configuration only (``window = session``), through a
 real worker: its table is created at start-up and its MySQL rows equal an independent
-oracle (tests.oracle.configured_session_oracle), markers included, and the query API
-serves them.
+oracle (tests.oracle.configured_session_oracle), markers included, InfluxDB holds the
+same sessions, a too-late event is dead-lettered naming it, and the query API serves
+the sessions.
 
 Input: six users' bursts with pauses (several sessions each, gap 5 min), shuffled
 inside the allowed lateness, a retry (same user and event_id: counted once); then, once
@@ -28,6 +29,7 @@ from collector.db import connect
 from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.query_io import get
+from tests.e2e.sinks_io import influx_create_db, influx_query
 from tests.e2e.test_configured_aggregates_e2e import drop_table
 from tests.e2e.test_windows_e2e import wait_for, window_env
 from tests.e2e.workers import Worker
@@ -130,6 +132,7 @@ async def test_configured_session_aggregate_end_to_end(
     settings = settings_for(env)
     assert settings.aggregates[name].window == "session"
     await ensure_topics(settings)
+    await influx_create_db(settings)
     source = settings.kafka.sources[0]
 
     def message(e: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -176,6 +179,33 @@ async def test_configured_session_aggregate_end_to_end(
         markers = sum(1 for v in rows.values() if v[2] is not None)
         print(f"{name}: {len(rows)} rows, {markers} markers; u0's bridged session:",
               bridged)
+
+        # InfluxDB: one point per session (tag user_id), markers with merged_into_ms
+        async def points() -> Any:
+            got = await influx_query(settings, f'SELECT * FROM "{name}"')
+            live = {(p["time"], p["user_id"]): (p["count"], p["sum_properties_amount"])
+                    for p in got if p.get("merged_into_ms") is None}
+            want = {(i[1], i[3][0]): (v["count"], v["sum_properties_amount"])
+                    for i, v in expected.items()}
+            marked = {(p["time"], p["user_id"]) for p in got
+                      if p.get("merged_into_ms") is not None}
+            return live == want and marked == {k for k, v in rows.items() if v[2]}
+
+        await wait_for(points, 30, f"InfluxDB points of {name}")
+
+        # a too-late event is dead-lettered naming the session aggregate
+        too_late = {"event_id": f"{tag}-late", "user_id": f"{tag}u2", "type": "buy",
+                    "ts": t0 + 10 * MIN}
+        await produce(settings, settings.kafka.raw_topic(source), [message(too_late)])
+        def ours(recs: list[Any]) -> list[dict[str, Any]]:
+            letters = [orjson.loads(r.value) for r in recs]
+            return [d for d in letters if f"{tag}-late" in str(d.get("payload"))]
+
+        dead = await read_until(settings, [settings.kafka.deadletter_topic],
+                                lambda recs: bool(ours(recs)), limit_s=60)
+        (letter,) = ours(dead)
+        assert letter["reason"] == "late"
+        assert {"user_activity", "user_sessions", name} <= {e["loc"] for e in letter["errors"]}
 
         status, _, body = await get(worker.port, f"/api/v1/aggregates/{name}",
                                     {"from": t0 - 10 * MIN, "to": t0 + 70 * MIN,
