@@ -247,3 +247,20 @@ def test_a_session_answer_from_mysql_fits_its_openapi_path() -> None:
         schema = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
         jsonschema.Draft202012Validator({"components": doc["components"],
                                          **schema["schema"]}).validate(body)
+
+
+async def test_a_session_aggregate_no_longer_declared_is_left_alone() -> None:
+    """Its sessions entries recovered from the changelog are neither indexed nor
+    visited: without that, each such user was flushed on every tick."""
+    clock = Clock(T0 / 1000 + 600)
+    first, send = await started(specs_with(True), clock)
+    assert send([buy("u1", T0, 2.0), buy("u2", T0 + 5, 1.0)]) == []
+    await first.tick()
+    kept = session_key(NAME, "u1")
+    assert first.agg.state.get(0, kept) is not None
+    again = Loop(specs_with(False), clock, state=first.agg.state)
+    await again.tick()
+    assert kept not in again.agg.index and kept not in again.flusher.session_flush.entries
+    assert again.agg.state.get(0, kept) is not None  # not deleted either
+    assert rows(again) == {}  # and nothing written for it
+    assert rows(again, "user_sessions")  # user_sessions go on
