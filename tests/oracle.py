@@ -147,3 +147,55 @@ def session_oracle(
                 "types_truncated": len(types) > max_user_types,
             }
     return out
+
+
+def _number(e: dict[str, Any], field: str) -> float | None:
+    raw = (e.get("properties") or {}).get(field.removeprefix("properties.")) \
+        if field.startswith("properties.") else e.get(field)
+    return float(raw) if type(raw) in (int, float) else None
+
+
+def _text(e: dict[str, Any], field: str) -> str:
+    raw = (e.get("properties") or {}).get(field.removeprefix("properties.")) \
+        if field.startswith("properties.") else e.get(field)
+    return "unknown" if raw is None else str(raw)
+
+
+def configured_session_oracle(
+    events: list[dict[str, Any]], table: str, measures: list[tuple[str, str, str | None]],
+    *, gap_ms: int,
+) -> dict[Ident, dict[str, Any]]:
+    """A configured session aggregate's rows: {(table, start, gap_s, (user_id,)): values}
+    with ``first_ts``, ``last_ts`` and each (name, fn, field) measure (count, sum, min,
+    max, distinct with its ``<name>_truncated``, never truncated here), computed from each
+    user's events cut where the next one is ``gap_ms`` or more after the previous."""
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        by_user.setdefault(e["user_id"], []).append(e)
+    out: dict[Ident, dict[str, Any]] = {}
+    for user, items in by_user.items():
+        items = sorted(items, key=lambda e: e["ts"])
+        groups: list[list[dict[str, Any]]] = []
+        for e in items:
+            if groups and e["ts"] - groups[-1][-1]["ts"] < gap_ms:
+                groups[-1].append(e)
+            else:
+                groups.append([e])
+        for group in groups:
+            values: dict[str, Any] = {"first_ts": group[0]["ts"], "last_ts": group[-1]["ts"]}
+            for name, fn, field in measures:
+                if fn == "count":
+                    values[name] = len(group)
+                    continue
+                assert field is not None
+                if fn == "distinct":
+                    values[name] = len({_text(e, field) for e in group})
+                    values[f"{name}_truncated"] = False
+                    continue
+                nums = [n for n in (_number(e, field) for e in group) if n is not None]
+                if fn == "sum":
+                    values[name] = float(sum(nums))
+                else:
+                    values[name] = (min if fn == "min" else max)(nums) if nums else None
+            out[(table, group[0]["ts"], gap_ms // 1000, (user,))] = values
+    return out

@@ -11,10 +11,18 @@ same :class:`Aggregate` the built-ins are, merged across partitions like event_s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from collector.aggregates.builtin import BY_NAME
-from collector.aggregates.definition import Aggregate, Column, InfluxField, KeyField
+from collector.aggregates.builtin import BY_NAME, USER_ACTIVITY
+from collector.aggregates.definition import (
+    Aggregate,
+    Column,
+    InfluxField,
+    KeyField,
+    epoch_ms,
+    naive_utc,
+)
 from collector.aggregates.fields import (
     DistinctCount,
     FieldMax,
@@ -24,7 +32,7 @@ from collector.aggregates.fields import (
     number_reader,
     reader,
 )
-from collector.aggregates.measures import Count, Measure
+from collector.aggregates.measures import Count, FirstTs, Getter, LastTs, Measure
 from collector.config import Settings
 from collector.config.aggregates import (
     GROUP_FIELDS,
@@ -86,11 +94,60 @@ def _measure(spec: MeasureSpec, max_distinct: int
             (InfluxField(name, _opt_float(name)),))
 
 
+#: a configured session's hidden event count: how the session flush sees that a
+#: session changed (it may declare no count); a name no measure can take (NAME_RE)
+EVENTS = "_events"
+
+
+@dataclass(frozen=True, slots=True)
+class _Events(Count):
+    """Events of a session, kept in its state but not a row value."""
+
+    name: str = EVENTS
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def getters(self) -> tuple[tuple[str, Getter], ...]:
+        return ()
+
+    def schema(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+def _ms_or_none(value: Any) -> Any:
+    return None if value is None else naive_utc(int(value))
+
+
+def _duration(v: Mapping[str, Any]) -> float:
+    return (int(v["last_ts"]) - int(v["first_ts"])) / 1000
+
+
+def _session(columns: list[Column], fields: list[InfluxField]
+             ) -> tuple[tuple[Column, ...], tuple[InfluxField, ...]]:
+    """A session row's columns and fields around the measures', as user_sessions has
+    them: its end and duration first, ``merged_into`` (a marker's target) last."""
+    head = (Column("session_end", "DATETIME(3)", lambda v: naive_utc(int(v["last_ts"])),
+                   value="last_ts", read=epoch_ms),
+            Column("duration_seconds", "DOUBLE", _duration))
+    tail = Column("merged_into", "DATETIME(3)", lambda v: _ms_or_none(v.get("merged_into")),
+                  nullable=True)
+    influx = (InfluxField("duration_seconds", _duration),
+              InfluxField("session_end_ms", lambda v: int(v["last_ts"])),
+              InfluxField("merged_into_ms", lambda v: v.get("merged_into")))
+    return (*head, *columns, tail), (*fields, *influx)
+
+
 def build(name: str, agg: AggregateSettings, sizes: tuple[int, int]) -> Aggregate:
-    """The definition of one configured aggregate."""
+    """The definition of one configured aggregate.  A session window is per user, like
+    user_sessions: keyed by user_id, its state the measures plus the first and last
+    event time and a hidden event count (engine/sessions.py builds it from the per-user
+    windows, which carry it for this aggregate: engine/specs.py ``extra``)."""
     if name in BY_NAME:  # collector.config.aggregates.RESERVED holds every built-in
         raise ValueError(f"aggregate name {name!r} is a built-in aggregate")
-    measures: list[Measure] = []
+    session = agg.window == "session"
+    measures: list[Measure] = [FirstTs(), LastTs(), _Events()] if session else []
     columns: list[Column] = []
     fields: list[InfluxField] = []
     for spec in agg.parsed_measures():
@@ -98,17 +155,21 @@ def build(name: str, agg: AggregateSettings, sizes: tuple[int, int]) -> Aggregat
         measures.append(measure)
         columns += cols
         fields += flds
+    all_columns, all_fields = (_session(columns, fields) if session
+                               else (tuple(columns), tuple(fields)))
     return Aggregate(
         name=name,
-        keys=tuple(_key(f) for f in agg.group_by),
-        window=agg.window,  # type: ignore[arg-type]  # "session" is refused by the settings
+        keys=USER_ACTIVITY.keys if session else tuple(_key(f) for f in agg.group_by),
+        window=agg.window,
         measures=tuple(measures),
-        columns=tuple(columns),
+        columns=all_columns,
+        per_user=session,
         sinks=frozenset(agg.sinks),
         measurement=name if "influxdb" in agg.sinks else None,
-        influx_fields=tuple(fields),
+        influx_fields=all_fields,
         route=ROUTE_PREFIX + name,
-        summary="per " + " and ".join(agg.group_by),
+        summary=(f"of one user (inactivity gap {sizes[0]} s)" if session
+                 else "per " + " and ".join(agg.group_by)),
         sizes=sizes,
         configured=True,
     )
@@ -124,4 +185,4 @@ def by_name(aggregates: tuple[Aggregate, ...]) -> Mapping[str, Aggregate]:
     return {a.name: a for a in aggregates}
 
 
-__all__ = ["ROUTE_PREFIX", "build", "by_name", "configured_aggregates"]
+__all__ = ["EVENTS", "ROUTE_PREFIX", "build", "by_name", "configured_aggregates"]

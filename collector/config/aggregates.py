@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from collector.config.section import Section
@@ -40,6 +40,8 @@ MAX_DISTINCT_CHARS: Final = 262_144
 #: columns every aggregate table has; no group-by or measure may use their names
 COMMON: Final = frozenset({"window_start", "window_seconds", "revision", "final",
                            "updated_at"})
+#: columns a session window's table has besides COMMON and the measures
+SESSION_COLUMNS: Final = ("user_id", "session_end", "duration_seconds", "merged_into")
 _MEASURE_RE: Final = re.compile(
     r"^(?:(?P<alias>[^=()]+)=)?(?P<fn>[a-z_]+)(?:\((?P<field>[^()]*)\))?$")
 MEASURES: Final = ("count", "sum", "min", "max", "distinct")
@@ -105,16 +107,25 @@ def parse_measure(text: str) -> MeasureSpec:
 class AggregateSettings(Section):
     """One aggregate declared in configuration (see docs/aggregates.md)."""
 
+    window: WindowKind = Field(
+        default="tumbling",
+        description="tumbling, hopping, or session (per user: a user's events separated by "
+        "an inactivity gap of gap_seconds; group_by must be empty).")
     group_by: Annotated[list[str], NoDecode] = Field(
+        default=[],
         description="Comma-separated event fields the windows are keyed by: source, type, "
-        "segment, country, device_id, plan, properties.<key>.")
-    window: WindowKind = Field(default="tumbling", description="tumbling or hopping.")
+        "segment, country, device_id, plan, properties.<key> (at least one; none for a "
+        "session window, which is keyed by user_id).")
     size_seconds: int = Field(
         default=0, ge=0, le=86_400,
         description="Window size (0: windows.tumbling_seconds or hopping_size_seconds).")
     step_seconds: int = Field(
         default=0, ge=0, le=86_400,
         description="Hopping advance (0: windows.hopping_step_seconds); tumbling: unused.")
+    gap_seconds: int = Field(
+        default=0, ge=0, le=86_400,
+        description="Session inactivity gap (0: windows.session_gap_seconds); at least "
+        "windows.tumbling_seconds. Session windows only.")
     measures: Annotated[list[str], NoDecode] = Field(
         default=["count"],
         description="Comma-separated [name=]count | sum(f) | min(f) | max(f) | distinct(f).")
@@ -132,8 +143,12 @@ class AggregateSettings(Section):
 
     @field_validator("group_by")
     @classmethod
-    def _group_by(cls, value: list[str]) -> list[str]:
-        if not value:
+    def _group_by(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        session = info.data.get("window") == "session"
+        if session and value:
+            raise ValueError("a session window is per user (keyed by user_id): leave "
+                             "group_by empty")
+        if not value and not session:
             raise ValueError("at least one field is needed")
         if len(value) > 4:
             raise ValueError("at most 4 fields")
@@ -152,14 +167,6 @@ class AggregateSettings(Section):
         if width > MAX_KEY_CHARS:
             raise ValueError(f"key columns of {width} characters; at most {MAX_KEY_CHARS} "
                              f"(a properties.<key> takes {PROPERTY_WIDTH})")
-        return value
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: str) -> str:
-        if value == "session":
-            raise ValueError("session windows cannot be configured yet; use tumbling or "
-                             "hopping")
         return value
 
     @field_validator("measures")
@@ -182,6 +189,14 @@ class AggregateSettings(Section):
     def _columns(self) -> AggregateSettings:
         if self.window == "tumbling" and self.step_seconds:
             raise ValueError("step_seconds is for hopping windows only")
+        if self.window != "session" and self.gap_seconds:
+            raise ValueError("gap_seconds is for session windows only")
+        if self.window == "session" and "mysql" not in self.sinks:
+            raise ValueError("sinks: a session window needs mysql (a session leaves the "
+                             "state once MySQL confirmed its last row)")
+        if self.window == "session" and (self.size_seconds or self.step_seconds):
+            raise ValueError("size_seconds and step_seconds are not for session windows "
+                             "(gap_seconds is)")
         if self.window == "hopping" and self.size_seconds and self.step_seconds:
             if self.step_seconds > self.size_seconds:
                 raise ValueError("step_seconds must not exceed size_seconds")
@@ -196,6 +211,8 @@ class AggregateSettings(Section):
                              "max_distinct")
         seen: dict[str, str] = {}
         names = [(column_of(f), f"group_by {f}") for f in self.group_by]
+        if self.window == "session":
+            names += [(c, "the session window") for c in SESSION_COLUMNS]
         for spec in self.parsed_measures():
             names.append((spec.name, f"measure {spec.name}"))
             if spec.fn == "distinct":
@@ -238,6 +255,9 @@ def window_of(agg: AggregateSettings, windows: Any) -> tuple[int, int]:
     if agg.window == "hopping":
         return (agg.size_seconds or windows.hopping_size_seconds,
                 agg.step_seconds or windows.hopping_step_seconds)
+    if agg.window == "session":
+        gap = agg.gap_seconds or windows.session_gap_seconds
+        return gap, gap
     size = agg.size_seconds or windows.tumbling_seconds
     return size, size
 
@@ -247,6 +267,12 @@ def check_window(name: str, agg: AggregateSettings, windows: Any) -> None:
     defaults, is inconsistent or outlives the state's expiry."""
     size, step = window_of(agg, windows)
     where = f"aggregates.{name}"
+    if agg.window == "session":
+        if size < windows.tumbling_seconds:
+            raise ValueError(f"{where}.gap_seconds: {size} is less than "
+                             f"windows.tumbling_seconds {windows.tumbling_seconds} (sessions "
+                             "are built from the per-user tumbling windows)")
+        return
     if step > size:
         raise ValueError(f"{where}.step_seconds: {step} exceeds size_seconds {size}")
     if size % step:
@@ -259,6 +285,7 @@ def check_window(name: str, agg: AggregateSettings, windows: Any) -> None:
 
 __all__ = [
     "RESERVED",
+    "SESSION_COLUMNS",
     "AggregateSettings",
     "MeasureSpec",
     "check_name",

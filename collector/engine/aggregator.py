@@ -24,7 +24,7 @@ from typing import Any
 from collector.aggregates import Aggregate
 from collector.aggregates.definition import Fold
 from collector.engine.processor import RawRecord
-from collector.engine.specs import Plan, Specs, plan, required_fields
+from collector.engine.specs import Plan, Specs, plan, required_fields, user_fold
 from collector.engine.state import State
 
 SEP = "|"
@@ -109,7 +109,7 @@ class Aggregator:
         self._partials = tuple(plan(specs, a) for a in specs.aggregates if not a.per_user)
         self._user_tables = (anchor.name, *(a.name for a in specs.sessioned))
         name, _, horizon, step, spec, _, fold = plan(specs, anchor)
-        self._user_plan = (name, horizon, step, fold)
+        self._user_plan = (name, horizon, step, user_fold(specs, fold))
         self._required = itemgetter(*required_fields(specs.aggregates))
         self._user_size = spec.size_ms
 

@@ -141,13 +141,20 @@ class Flusher:
         self.final_sent.clear()
         self.pruned.clear()
         owned = {p for _, p in assigned}
+        orphans = 0
         for key, value in self.state.items():
             if value.get("partition") in owned:
+                if value.get("kind") == KIND and value.get("table") not in self.sessions:
+                    orphans += 1  # a session aggregate no longer configured: left alone
+                    continue
                 agg.index[key] = value["partition"]
                 if value.get("kind") in ("p", "u", KIND):
                     self.resend.add(key)
                 if value.get("kind") == KIND:
                     self.session_flush.track(key, value["partition"])
+        if orphans:
+            log.warning("windows: %d sessions entries of session aggregates no longer "
+                        "configured are not updated (declare them again to resume)", orphans)
         now = self.clock()
         for topic, partition in assigned:
             agg.last_seen.setdefault(slot_key(topic, partition), now)

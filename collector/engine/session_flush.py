@@ -139,7 +139,7 @@ class SessionFlush:
                 key = session_key(table, user_id)
                 entry = self.state.get(partition, key)
                 if entry is None:
-                    if not panes:
+                    if not any(plan.pane_of(agg) is not None for agg in panes.values()):
                         self.index.pop(key, None)
                         self.entries.pop(key, None)
                         self.due.pop(key, None)
@@ -147,8 +147,11 @@ class SessionFlush:
                     entry = plan.new_entry(user_id, partition)
                 updated: dict[str, dict[str, Any] | None] = {}
                 for ws, agg in panes.items():
+                    pane = plan.pane_of(agg)
+                    if pane is None:  # no event of this aggregate in that window
+                        continue
                     updated[str(ws)] = entry["panes"].get(str(ws))
-                    entry["panes"][str(ws)] = plan.copy(agg)
+                    entry["panes"][str(ws)] = plan.copy(pane)
                 self.index[key] = self.entries[key] = partition
                 self._flush_entry(key, partition, plan, entry, marks_of(partition),
                                   key in resend, rows, to_delete, updated)
@@ -164,8 +167,9 @@ class SessionFlush:
         view["panes"] = dict(view["panes"])
         for ws in waiting[1]:
             held = self.state.get(partition, user_key(user_id, ws))
-            if held is not None:
-                view["panes"][str(ws)] = held["agg"]
+            pane = None if held is None else plan.pane_of(held["agg"])
+            if pane is not None:
+                view["panes"][str(ws)] = pane
         return view
 
     def _take(self, user: User, into: Panes) -> None:

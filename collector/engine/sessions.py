@@ -42,7 +42,9 @@ from collector.aggregates import (
     Truncated,
     WindowSpec,
 )
-from collector.engine.specs import Specs
+from collector.aggregates.configured import EVENTS
+from collector.aggregates.fields import DistinctCount
+from collector.engine.specs import EXTRA, Specs
 from collector.sinks import Row
 
 KIND = "g"
@@ -85,23 +87,50 @@ class SessionPlan:
     #: whether a session's row is updated from its last one and the changed panes
     #: (every measure additive or idempotent), instead of merging all its panes again
     incremental: bool = False
-    #: state keys holding lists (copied with the state: folds change them in place)
+    #: state keys holding lists or dicts (copied with the state: folds and merges
+    #: change them in place)
     lists: tuple[str, ...] = ()
+    dicts: tuple[str, ...] = ()
+    #: the state key counting a session's events (how a flush sees it changed)
+    count: str = "count"
+    #: a configured session: its panes are the user windows' ``agg[EXTRA][name]``
+    extra: bool = False
+    #: user_sessions while configured sessions exist: a pane copied from a user window
+    #: leaves their states (``agg[EXTRA]``) out
+    strip: bool = False
 
     def copy(self, agg: Mapping[str, Any]) -> State:
         out = dict(agg)
+        if self.strip:
+            out.pop(EXTRA, None)
         for name in self.lists:
             out[name] = list(out[name])
+        for name in self.dicts:
+            out[name] = dict(out[name])
         return out
+
+    def pane_of(self, agg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """This aggregate's state in a user window's ``agg`` (not copied); None when the
+        window has none (a configured session's, for a window from before it was
+        configured, or that counted no event since)."""
+        if not self.extra:
+            return agg
+        states = agg.get(EXTRA)
+        return None if states is None else states.get(self.name)
 
     @classmethod
     def of(cls, specs: Specs, defn: Aggregate) -> SessionPlan:
         additive = tuple(m.name for m in defn.measures if isinstance(m, Count | Sum))
-        incremental = all(isinstance(m, Count | Sum | Min | DistinctValues | Truncated)
+        incremental = all(isinstance(m, Count | Sum | Min | DistinctValues | Truncated
+                                     | DistinctCount)
                           for m in defn.measures)  # Min: also Max, FirstTs, LastTs
-        lists = tuple(k for k, v in defn.new().items() if isinstance(v, list))
+        empty = defn.new()
+        lists = tuple(k for k, v in empty.items() if isinstance(v, list))
+        dicts = tuple(k for k, v in empty.items() if isinstance(v, dict))
+        extra = defn.configured
         return cls(defn.name, defn.bound(specs.max_user_types), specs.for_table(defn.name),
-                   specs.user, specs.expires_ms, additive, incremental, lists)
+                   specs.user, specs.expires_ms, additive, incremental, lists, dicts,
+                   EVENTS if extra else "count", extra, bool(specs.extra) and not extra)
 
     @property
     def gap(self) -> int:
@@ -220,12 +249,12 @@ class SessionPlan:
                         if ws in updated:
                             self._update(agg, panes[ws], updated[ws])
                 prev: dict[str, Any] = written or {"fin": False, "rev": 0, "n": -1, "last": -1}
-                changed = (prev["n"], prev["last"]) != (agg["count"], last)
+                changed = (prev["n"], prev["last"]) != (agg[self.count], last)
                 if changed or resend or (final and not prev["fin"]):
                     rev = prev["rev"] + 1 if (prev["fin"] and final and changed) else prev["rev"]
                     out.append(self.row(entry, agg, final, rev))
                     prev = {"fin": prev["fin"] or final, "rev": rev}
-                rows[str(start)] = {"fin": prev["fin"], "rev": prev["rev"], "n": agg["count"],
+                rows[str(start)] = {"fin": prev["fin"], "rev": prev["rev"], "n": agg[self.count],
                                     "last": last, "agg": agg if self.incremental else None}
             elif prefix and reach and confirmed(start) == written["rev"]:
                 dropped = last  # its last row is in MySQL: nothing can change it

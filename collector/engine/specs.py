@@ -3,7 +3,7 @@ and the per-aggregate plan its hot path unpacks, chosen once at start-up."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -35,26 +35,33 @@ class Specs:
     anchor: Aggregate = field(init=False, repr=False)
     #: the session-window aggregates (per user, folded by collector.engine.sessions)
     sessioned: tuple[Aggregate, ...] = field(init=False, repr=False)
+    #: the session aggregates whose measures are not the anchor's (configured ones):
+    #: each per-user window also folds their state, under ``agg[EXTRA][name]``; empty
+    #: (and the per-user state unchanged) when none is configured
+    extra: tuple[Aggregate, ...] = field(init=False, repr=False)
     _by_table: dict[str, WindowSpec] = field(init=False, repr=False)
     _defs: dict[str, Aggregate] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         kinds = {"tumbling": self.tumbling, "hopping": self.hopping, "session": self.session}
         self._defs = {a.name: a for a in self.aggregates}
-        self._by_table = {a.name: kinds[a.window] if a.sizes is None
-                          else WindowSpec.hopping(*a.sizes, kinds[a.window].grace_ms // 1000,
-                                                  kinds[a.window].lateness_ms // 1000)
+        self._by_table = {a.name: kinds[a.window] if a.sizes is None else _own(a, kinds)
                           for a in self.aggregates}
         self.sessioned = tuple(a for a in self.aggregates if a.window == "session")
+        self.extra = tuple(a for a in self.sessioned if a.configured)
         users = [a.name for a in self.aggregates if a.per_user and a.window != "session"]
         if len(users) != 1:
             raise ValueError(f"exactly one per-user aggregate is supported, got {users}")
         self.anchor = next(a for a in self.aggregates if a.name == users[0])
         for a in self.sessioned:  # built from the anchor's windows (engine/sessions.py)
-            if not a.per_user or a.measures != self.anchor.measures:
+            # the panes carry the anchor's measures, and a configured one's own (extra)
+            if not a.per_user or (a.measures != self.anchor.measures and not a.configured):
                 raise ValueError(f"{a.name}: a session window is per user, with the measures "
-                                 f"of {self.anchor.name} (its sessions are chains of its windows)")
-            if self.session.size_ms < self.user.size_ms:
+                                 f"of {self.anchor.name} (its sessions are chains of its "
+                                 "windows) or, configured, measures its windows also fold")
+            if a.configured and {"first_ts", "last_ts"} - set(a.new()):
+                raise ValueError(f"{a.name}: a session's state needs first_ts and last_ts")
+            if self._by_table[a.name].size_ms < self.user.size_ms:
                 raise ValueError(f"{a.name}: the session gap must be at least the "
                                  f"{self.anchor.name} window ({self.user.seconds} s)")
 
@@ -93,6 +100,44 @@ class Specs:
         or its state expired (``retired``: the highest close mark the slot ever sent)."""
         return (self._by_table[table].is_late(start, stream_time)
                 or start + self.expires_ms <= retired)
+
+
+def _own(a: Aggregate, kinds: dict[str, WindowSpec]) -> WindowSpec:
+    """The window of an aggregate with sizes of its own (a configured one), with its
+    kind's grace and lateness."""
+    assert a.sizes is not None
+    kind = kinds[a.window]
+    grace, late = kind.grace_ms // 1000, kind.lateness_ms // 1000
+    if a.window == "session":
+        return WindowSpec.sessions(a.sizes[0], grace, late)
+    return WindowSpec.hopping(*a.sizes, grace, late)
+
+
+#: the per-user window state key holding the configured session aggregates' states
+EXTRA = "sessions"
+
+
+def user_fold(specs: Specs, fold: Fold) -> Fold:
+    """The per-user window's fold: the anchor's ``fold``, and when session aggregates
+    are configured, each one's own fold into ``agg[EXTRA][name]`` (created on its first
+    event: a window from before the aggregate was configured has none)."""
+    extra = tuple((a.name, a.new, a.bound(specs.max_user_types).compile())
+                  for a in specs.extra)
+    if not extra:
+        return fold
+
+    def both(agg: dict[str, Any], event: Mapping[str, Any], ts: int) -> None:
+        fold(agg, event, ts)
+        states = agg.get(EXTRA)
+        if states is None:
+            states = agg[EXTRA] = {}
+        for name, new, own in extra:
+            state = states.get(name)
+            if state is None:
+                state = states[name] = new()
+            own(state, event, ts)
+
+    return both
 
 
 #: what ``Aggregator._fold`` needs of one partial aggregate, unpacked once per event:

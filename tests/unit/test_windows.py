@@ -91,8 +91,8 @@ class Loop:
             self.rows[row.ident] = row
             if row.final:
                 self.final_writes[row.ident] += 1
-        self.flusher.on_user_rows_written(
-            [r for r in rows if r.table in ("user_activity", "user_sessions")])
+        self.flusher.on_user_rows_written(  # as MySQL confirms the per-user tables' rows
+            [r for r in rows if self.flusher.specs.definition(r.table).per_user])
 
     async def send(self, key: bytes, value: bytes, partition: int | None) -> Any:
         import orjson
