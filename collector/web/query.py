@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from faust import web
-from yarl import URL
 
 from collector.agents.runtime import Runtime
 from collector.engine.aggregator import user_key
@@ -33,39 +30,14 @@ from collector.web import query_logic as ql
 from collector.web.history import HistoryUnavailable
 from collector.web.openapi import openapi_document
 from collector.web.ops import runtime_of
+from collector.web.routing import Unavailable, is_me, owners, peer, unavailable
 
 log = logging.getLogger(__name__)
 
-#: seconds a sub-request to another worker may take
-PEER_TIMEOUT = 5.0
-RETRY_AFTER_S = 1
 #: up to this many windows in the range, read each user window key; beyond, scan
 USER_POINT_READS = 5000
 
 blueprint = web.Blueprint("query")
-
-
-class Unavailable(Exception):
-    """A needed partition is unowned, recovering, or its owner did not answer."""
-
-
-def _ident(url: str | URL) -> tuple[str, int]:
-    parsed = URL(str(url))
-    return parsed.host or "", parsed.port or 80
-
-
-def _is_me(rt: Runtime, url: str) -> bool:
-    return _ident(url) == _ident(rt.app.conf.canonical_url)
-
-
-def owners(rt: Runtime, table: Any) -> dict[int, str]:
-    """partition -> URL of the worker actively owning it, from the assignor's metadata."""
-    topic = table.changelog_topic.get_topic_name()
-    out: dict[int, str] = {}
-    for url, topics in rt.app.assignor.tables_metadata().items():
-        for partition in topics.get(topic, ()):
-            out[partition] = url
-    return out
 
 
 def _check_local(rt: Runtime, partitions: list[int], owned: set[int]) -> None:
@@ -147,7 +119,8 @@ def local_sessions(rt: Runtime, query: ql.Query, partition: int
     rows = entry["rows"]
     sessions = [(agg, bool(rows.get(str(agg["first_ts"]), {}).get("fin")))
                 for agg in plan.sessions(entry)]
-    live = ql.session_windows(sessions, user_id, query, plan.spec, closed)
+    live = ql.session_windows(sessions, user_id, query, plan.spec, closed,
+                              rt.specs.definition(query.table))
     # starts that are no session now: markers, and rows written there before a merge
     starts = {agg["first_ts"] for agg, _ in sessions}
     moved = {m["s"] for m in entry["dead"]} | {int(s) for s in rows if int(s) not in starts}
@@ -157,52 +130,12 @@ def local_sessions(rt: Runtime, query: ql.Query, partition: int
 async def sessions_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]],
                           moved: list[int]) -> dict[str, Any]:
     spec = rt.specs.for_table(query.table)
+    defn = rt.specs.definition(query.table)
     try:
-        rows = await rt.sink_history.windows(query, spec)
+        rows = await rt.sink_history.windows(query, spec, defn if defn.configured else None)
     except HistoryUnavailable as exc:
         return ql.response(query, spec, live, complete=False, incomplete=str(exc))
     return ql.response(query, spec, ql.overlay_sessions(rows, live, moved))
-
-
-#: what a 401 from another worker means, in its log line and in the 503 it causes
-TOKEN_MISMATCH = ("every worker of a group must have the same web.api_token "
-                  "(COLLECTOR_WEB__API_TOKEN); queries that need that worker fail until "
-                  "they do")
-#: peer url -> monotonic time of its last mismatch log line (one a minute per peer)
-_mismatch_logged: dict[str, float] = {}
-
-
-def _token_mismatch(url: str) -> None:
-    now = time.monotonic()
-    if now - _mismatch_logged.get(url, -math.inf) >= 60.0:
-        _mismatch_logged[url] = now
-        log.error("worker %s answered 401 to a query this worker accepted: %s", url,
-                  TOKEN_MISMATCH)
-
-
-async def _peer(rt: Runtime, url: str, request: web.Request, params: Mapping[str, str]
-                ) -> dict[str, Any]:
-    """GET the same path from another worker; its JSON, or Unavailable."""
-    target = URL(url).with_path(request.url.path).with_query(dict(params))
-    headers = {}
-    if "Authorization" in request.headers:
-        headers["Authorization"] = request.headers["Authorization"]
-    try:
-        async with rt.app.http_client.get(
-            target, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT),
-        ) as resp:
-            body: dict[str, Any] = await resp.json(content_type=None)
-            if resp.status == 401:  # the caller's token was good here: tokens differ
-                _token_mismatch(url)
-                raise Unavailable(f"worker {url} refused this worker's web.api_token: "
-                                  f"{TOKEN_MISMATCH}")
-            if resp.status == 503:
-                raise Unavailable(f"{url}: {body.get('error', 'unavailable')}")
-            if resp.status != 200:
-                raise Unavailable(f"{url} answered {resp.status}: {body.get('error')}")
-            return body
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise Unavailable(f"worker {url} did not answer ({exc!r})") from exc
 
 
 async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
@@ -224,11 +157,6 @@ async def full_answer(rt: Runtime, query: ql.Query, live: list[dict[str, Any]]
     return ql.response(query, spec, ql.overlay(rows, live))
 
 
-def _unavailable(view: web.View, exc: Unavailable) -> web.Response:
-    return view.json({"error": f"state not available: {exc}", "retry_after": RETRY_AFTER_S},
-                     status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
 async def answer_stats(view: web.View, request: web.Request, query: ql.Query) -> web.Response:
     rt = runtime_of(view)
     params = dict(request.query)
@@ -248,11 +176,11 @@ async def answer_stats(view: web.View, request: web.Request, query: ql.Query) ->
         by_url.setdefault(url, []).append(partition)
 
     async def one(url: str, parts: list[int]) -> list[dict[str, Any]]:
-        if _is_me(rt, url):
+        if is_me(rt, url):
             return local_stats(rt, query, parts)
         sub = {**params, "scope": "local", "partitions": ",".join(map(str, parts)),
                "from": str(query.from_ms), "to": str(query.to_ms)}
-        body = await _peer(rt, url, request, sub)
+        body = await peer(rt, url, request, sub)
         if sorted(body.get("partitions", [])) != parts:
             raise Unavailable(f"{url} answered for other partitions than {parts}")
         windows: list[dict[str, Any]] = body["windows"]
@@ -276,7 +204,7 @@ async def _stats_view(
     except ql.ParamError as exc:
         return view.json(exc.body(), status=400)
     except Unavailable as exc:
-        return _unavailable(view, exc)
+        return unavailable(view, exc)
 
 
 @blueprint.route("/api/v1/stats/events", name="stats_events")
@@ -302,31 +230,76 @@ class SegmentsView(web.View):
         return await _stats_view(self, request, parse)
 
 
+#: a per-user query's (windows, body fields) from this worker's state, for a partition
+Local = Callable[[int], tuple[list[dict[str, Any]], dict[str, Any]]]
+#: the full answer from the owner's (windows, body fields): live over the sink's rows
+Full = Callable[[list[dict[str, Any]], dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def answer_user(view: web.View, request: web.Request, query: ql.Query, user_id: str,
+                      local: Local, full: Full) -> web.Response:
+    """A per-user query, answered from the state of the worker owning the user's
+    partition (asked with ``scope=local`` when that is another worker)."""
+    rt = runtime_of(view)
+    partition = ql.user_partition(user_id, rt.settings.kafka.partitions)
+    if _params(request).get("scope") == "local":
+        windows, fields = local(partition)
+        return view.json(ql.response(query, rt.specs.for_table(query.table), windows,
+                                     **fields))
+    owner = owners(rt, rt.tables.state).get(partition)
+    if owner is None:
+        raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
+    if is_me(rt, owner):
+        windows, fields = local(partition)
+    else:
+        sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
+        body = await peer(rt, owner, request, sub)
+        windows, fields = body["windows"], {k: body[k] for k in ("moved",) if k in body}
+    return view.json(await full(windows, fields))
+
+
+def session_answers(rt: Runtime, query: ql.Query) -> tuple[Local, Full]:
+    """``answer_user``'s parts for a session aggregate: live sessions (and the starts
+    that moved) over the MySQL rows."""
+
+    def local(partition: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        live, moved = local_sessions(rt, query, partition)
+        return live, {"moved": moved}
+
+    async def full(windows: list[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
+        return await sessions_answer(rt, query, windows, fields.get("moved", []))
+
+    return local, full
+
+
+async def _user_view(view: web.View, request: web.Request,
+                     parse: Callable[[], tuple[ql.Query, str, Local, Full]]) -> web.Response:
+    try:
+        query, user_id, local, full = parse()
+        return await answer_user(view, request, query, user_id, local, full)
+    except ql.ParamError as exc:
+        return view.json(exc.body(), status=400)
+    except Unavailable as exc:
+        return unavailable(view, exc)
+
+
 @blueprint.route("/api/v1/users/{user_id}/activity", name="user_activity")
 class UserActivityView(web.View):
     """One user's activity windows, answered by the worker owning the user's partition."""
 
     async def get(self, request: web.Request, user_id: str) -> web.Response:
         rt = runtime_of(self)
-        params = _params(request)
-        try:
-            query = ql.parse_user(user_id, params, int(time.time() * 1000))
-            partition = ql.user_partition(user_id, rt.settings.kafka.partitions)
-            if params.get("scope") != "local":
-                owner = owners(rt, rt.tables.state).get(partition)
-                if owner is None:
-                    raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
-                if not _is_me(rt, owner):
-                    sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
-                    body = await _peer(rt, owner, request, sub)
-                    return self.json(await full_answer(rt, query, body["windows"]))
-                return self.json(await full_answer(rt, query, local_user(rt, query, partition)))
-            windows = local_user(rt, query, partition)
-            return self.json(ql.response(query, rt.specs.user, windows))
-        except ql.ParamError as exc:
-            return self.json(exc.body(), status=400)
-        except Unavailable as exc:
-            return _unavailable(self, exc)
+
+        def parse() -> tuple[ql.Query, str, Local, Full]:
+            query = ql.parse_user(user_id, _params(request), int(time.time() * 1000))
+
+            async def full(windows: list[dict[str, Any]], _: dict[str, Any]
+                           ) -> dict[str, Any]:
+                return await full_answer(rt, query, windows)
+
+            return query, user_id, lambda p: (local_user(rt, query, p), {}), full
+
+        return await _user_view(self, request, parse)
 
 
 @blueprint.route("/api/v1/aggregates/{name}", name="aggregates")
@@ -346,6 +319,15 @@ class ConfiguredAggregateView(web.View):
             return ql.parse_aggregate(defn, _params(request), rt.settings.kafka.sources,
                                       int(time.time() * 1000))
 
+        if defn.window == "session" and _params(request).get("user_id"):
+            # one user's sessions: live from the owner's state, like /users/{id}/sessions
+            def per_user() -> tuple[ql.Query, str, Local, Full]:
+                query = parse()
+                user_id = query.key["user_id"]
+                assert user_id is not None
+                return (query, user_id, *session_answers(rt, query))
+
+            return await _user_view(self, request, per_user)
         return await _stats_view(self, request, parse)
 
 
@@ -356,28 +338,12 @@ class UserSessionsView(web.View):
 
     async def get(self, request: web.Request, user_id: str) -> web.Response:
         rt = runtime_of(self)
-        params = _params(request)
-        try:
-            query = ql.parse_sessions(user_id, params, int(time.time() * 1000))
-            partition = ql.user_partition(user_id, rt.settings.kafka.partitions)
-            if params.get("scope") != "local":
-                owner = owners(rt, rt.tables.state).get(partition)
-                if owner is None:
-                    raise Unavailable(f"partition {partition} has no owner yet (rebalancing)")
-                if not _is_me(rt, owner):
-                    sub = {"scope": "local", "from": str(query.from_ms), "to": str(query.to_ms)}
-                    body = await _peer(rt, owner, request, sub)
-                    return self.json(await sessions_answer(rt, query, body["windows"],
-                                                           body.get("moved", [])))
-                live, moved = local_sessions(rt, query, partition)
-                return self.json(await sessions_answer(rt, query, live, moved))
-            live, moved = local_sessions(rt, query, partition)
-            spec = rt.specs.for_table(query.table)
-            return self.json(ql.response(query, spec, live, moved=moved))
-        except ql.ParamError as exc:
-            return self.json(exc.body(), status=400)
-        except Unavailable as exc:
-            return _unavailable(self, exc)
+
+        def parse() -> tuple[ql.Query, str, Local, Full]:
+            query = ql.parse_sessions(user_id, _params(request), int(time.time() * 1000))
+            return (query, user_id, *session_answers(rt, query))
+
+        return await _user_view(self, request, parse)
 
 
 @blueprint.route("/api/openapi.json", name="openapi")

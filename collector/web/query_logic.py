@@ -207,16 +207,22 @@ def window(table: str, spec: WindowSpec, key: Sequence[str], ws: int,
 
 
 def session_windows(sessions: Iterable[tuple[dict[str, Any], bool]], user_id: str,
-                    query: Query, spec: WindowSpec, closed: int) -> list[dict[str, Any]]:
+                    query: Query, spec: WindowSpec, closed: int,
+                    defn: Aggregate | None = None) -> list[dict[str, Any]]:
     """A user's live sessions (state, whether its row was written final) that start in
     the query's range; final once ``closed``, the close mark, passed last + gap + grace
-    (the flusher's rule), or once written final."""
+    (the flusher's rule), or once written final.  The values are what a MySQL row of
+    the session answers (``history_window``), so live and written ones look alike."""
+    defn = BY_NAME[query.table] if defn is None else defn
     out = []
     for agg, written_final in sessions:
         start = agg["first_ts"]
         if query.wants([user_id], start):
             final = written_final or spec.is_closed(agg["last_ts"], closed)
-            out.append(window(query.table, spec, [user_id], start, agg, final))
+            live = window(query.table, spec, [user_id], start, agg, final, defn)
+            values = {**live["values"], "first_ts": start}
+            live["values"] = {name: values[name] for name in defn.outputs}
+            out.append(live)
     return sort_windows(out)
 
 

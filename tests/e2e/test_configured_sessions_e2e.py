@@ -218,5 +218,24 @@ async def test_configured_session_aggregate_end_to_end(
             assert values == pytest.approx(want[start])
         assert all(w["final"] and w["key"] == {"user_id": f"{tag}u0"}
                    for w in body["windows"])
+
+        # a session that just opened is answered live from the owner's state, before
+        # its row is written (windows.session_update_seconds, 60 s, has not passed)
+        at = int(time.time() * 1000) - 30_000  # open for gap + grace from now, in any rule
+        fresh = {"event_id": f"{tag}-fresh", "user_id": f"{tag}u2", "type": "view",
+                 "ts": at, "properties": {"amount": 2.5}}
+        await produce(settings, settings.kafka.raw_topic(source), [message(fresh)])
+
+        async def live() -> Any:
+            _, _, answer = await get(worker.port, f"/api/v1/aggregates/{name}",
+                                     {"from": at - MIN, "to": at + MIN,
+                                      "user_id": f"{tag}u2"})
+            return answer["windows"] or None
+
+        windows = await wait_for(live, 30, "the open session in the API")
+        assert [(w["window_start_ms"], w["final"], w["values"]["count"],
+                 w["values"]["sum_properties_amount"]) for w in windows] == [
+            (at, False, 1, 2.5)]
+        assert (at, f"{tag}u2") not in await session_rows(settings, name)
     finally:
         await drop_table(settings, name)
