@@ -199,3 +199,42 @@ def configured_session_oracle(
                     values[name] = (min if fn == "min" else max)(nums) if nums else None
             out[(table, group[0]["ts"], gap_ms // 1000, (user,))] = values
     return out
+
+
+#: MySQL session rows as the e2e tests read them: (start, user_id) ->
+#: (values, final, merged_into start or None)
+SessionRows = dict[tuple[int, str], tuple[dict[str, Any], bool, int | None]]
+
+
+def session_differences(rows: SessionRows, expected: dict[Any, dict[str, Any]]) -> list[str]:
+    """What keeps session rows from being the oracle's sessions (empty: they are): each
+    expected session a final row with its values (floats compared approximately), no
+    other live row, and every marker final, counting nothing, leading through markers to
+    a session."""
+    want = {(i[1], i[3][0]): v for i, v in expected.items()}
+    live = {k: v for k, v in rows.items() if v[2] is None}
+    out = [f"missing {k}" for k in want if k not in live]
+    out += [f"extra {k}: {live[k][0]}" for k in live if k not in want]
+    out += [f"{k}: {live[k][0]} != {v}" for k, v in want.items()
+            if k in live and not _same(live[k][0], v)]
+    out += [f"{k} not final" for k in want if k in live and not live[k][1]]
+    for (start, uid), (values, final, into) in rows.items():
+        if into is None:
+            continue
+        target, hops = into, 0
+        while (target, uid) in rows and rows[(target, uid)][2] is not None and hops < 10:
+            target, hops = rows[(target, uid)][2], hops + 1
+        if (target, uid) not in want:
+            out.append(f"marker {start} {uid} leads to {target}, no session")
+        if values["count"] != 0 or not final:
+            out.append(f"marker {start} {uid} counts {values['count']} or is not final")
+    return out
+
+
+def _same(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Equal values, floats (sums of amounts) up to rounding."""
+    import pytest
+
+    return got.keys() == want.keys() and all(
+        got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v
+        for k, v in want.items())

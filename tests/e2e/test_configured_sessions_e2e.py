@@ -33,7 +33,7 @@ from tests.e2e.sinks_io import influx_create_db, influx_query
 from tests.e2e.test_configured_aggregates_e2e import drop_table
 from tests.e2e.test_windows_e2e import wait_for, window_env
 from tests.e2e.workers import Worker
-from tests.oracle import configured_session_oracle
+from tests.oracle import SessionRows, configured_session_oracle, session_differences
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ ORACLE: list[tuple[str, str, str | None]] = [
     ("count", "count", None), ("sum_properties_amount", "sum", "properties.amount"),
     ("distinct_type", "distinct", "type")]
 #: (start, user_id) -> (values, final, merged_into)
-Rows = dict[tuple[int, str], tuple[dict[str, Any], bool, int | None]]
+Rows = SessionRows
 
 
 def _ms(value: datetime) -> int:
@@ -97,27 +97,7 @@ async def session_rows(settings: Settings, name: str) -> Rows:
     return out
 
 
-def differences(rows: Rows, expected: dict[Any, dict[str, Any]]) -> list[str]:
-    want = {(i[1], i[3][0]): v for i, v in expected.items()}
-    live = {k: v for k, v in rows.items() if v[2] is None}
-    out = [f"missing {k}" for k in want if k not in live]
-    out += [f"extra {k}: {live[k][0]}" for k in live if k not in want]
-    out += [f"{k}: {live[k][0]} != {v}" for k, v in want.items()
-            if k in live and live[k][0] != pytest.approx(v)]
-    out += [f"{k} not final" for k in want if k in live and not live[k][1]]
-    for (start, uid), (values, final, into) in rows.items():
-        if into is None:
-            continue
-        hops = 0  # a marker leads, through markers, to a live session holding its start
-        while into is not None and hops < 10:
-            target = rows.get((into, uid))
-            if target is None:
-                out.append(f"marker {(start, uid)} -> {into}: no row there")
-                break
-            into, hops = target[2], hops + 1
-        if values["count"] != 0 or not final:
-            out.append(f"marker {(start, uid)} counts {values['count']} or is not final")
-    return out
+differences = session_differences
 
 
 async def test_configured_session_aggregate_end_to_end(

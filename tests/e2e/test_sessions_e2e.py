@@ -32,14 +32,14 @@ from tests.e2e.sinks_io import influx_create_db, influx_query
 from tests.e2e.test_event_time_e2e import Scenario
 from tests.e2e.tools import get
 from tests.e2e.workers import Worker
-from tests.oracle import session_oracle
+from tests.oracle import SessionRows, session_differences, session_oracle
 
 pytestmark = pytest.mark.e2e
 
 MIN = 60_000
 GAP_MS = 5 * MIN
 #: (start, user_id) -> (values, final, merged_into)
-Rows = dict[tuple[int, str], tuple[dict[str, Any], bool, int | None]]
+Rows = SessionRows
 
 
 def report(text: str) -> None:
@@ -67,25 +67,7 @@ async def session_rows(settings: Settings, tag: str) -> Rows:
     return out
 
 
-def differences(rows: Rows, expected: dict[Any, dict[str, Any]]) -> list[str]:
-    want = {(i[1], i[3][0]): v for i, v in expected.items()}
-    live = {k: v for k, v in rows.items() if v[2] is None}
-    out = [f"missing {k}" for k in want if k not in live]
-    out += [f"extra {k}: {live[k][0]}" for k in live if k not in want]
-    out += [f"{k}: {live[k][0]} != {v}" for k, v in want.items()
-            if k in live and live[k][0] != v]
-    out += [f"{k} not final" for k in want if k in live and not live[k][1]]
-    for (start, uid), (values, _, into) in rows.items():
-        if into is None:
-            continue
-        target = into
-        while (target, uid) in rows and rows[(target, uid)][2] is not None:
-            target = rows[(target, uid)][2]
-        if (target, uid) not in want:
-            out.append(f"marker {start} {uid} leads to {target}, no session")
-        if values["count"] != 0:
-            out.append(f"marker {start} {uid} counts {values['count']}")
-    return out
+differences = session_differences
 
 
 async def rows_equal(s: Scenario, expected: dict[Any, dict[str, Any]],
