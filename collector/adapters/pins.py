@@ -162,6 +162,17 @@ def _apply_changelog_batch() -> None:
         raise TypeError("Recovery no longer applies changelog records through the table")
 
 
+def _rocksdb_options() -> None:
+    import faust
+    from faust.stores.rocksdb import RocksDBOptions, Store
+
+    _has(faust.Table, "_new_store")
+    _in_init(Store, "rocksdb_options")
+    _has(RocksDBOptions, "as_options", "use_rocksdict", "bloom_filter_size")
+    if "self.rocksdb_options.open(" not in inspect.getsource(Store):
+        raise TypeError("rocksdb Store no longer opens databases with rocksdb_options")
+
+
 PINS: list[Pin] = [
     Pin("faust.streams._current_event (ContextVar)", "adapters/state.py", _current_event),
     Pin("faust rocksdb Store._set/_del(key, value), _db_for_partition(partition) (one "
@@ -184,4 +195,6 @@ PINS: list[Pin] = [
     Pin("faust aiohttp Web blueprint lists and web_app", "adapters/web.py", _web_blueprints),
     Pin("faust Table.apply_changelog_batch(batch), called by Recovery", "adapters/tables.py",
         _apply_changelog_batch),
+    Pin("faust Table._new_store(); rocksdb Store.rocksdb_options (RocksDBOptions."
+        "as_options) opens each partition", "adapters/tables.py", _rocksdb_options),
 ]

@@ -266,7 +266,7 @@ class AppSettings(_Section):
     store: Literal["rocksdb", "memory"] = Field(default="rocksdb", description="Table store.")
     datadir: Path = Field(default=Path(".local/faust"), description="Table state directory.")
     rocksdb_write_buffer_mb: int = Field(default=8, ge=1, description="RocksDB memtable size (MB) per table partition, two per partition. Faust's 64 MB x 3 let the worker's memory grow with the events written.")  # noqa: E501
-    rocksdb_block_cache_mb: int = Field(default=16, ge=1, description="RocksDB block cache (MB) per table partition. Faust's 2 GB each let reads of state that left the in-process cache grow the worker's memory without bound during a long sink outage.")  # noqa: E501
+    rocksdb_memory_mb: int = Field(default=128, ge=8, description="RocksDB memory (MB) for the whole worker: one block cache shared by every table partition, memtables and index/filter blocks charged to it (memtables up to half). Faust's defaults gave each partition its own 2 GB cache and 192 MB of memtables.")  # noqa: E501
     state_cache_keys: int = Field(default=100_000, ge=0, description="Decoded state entries a worker keeps in process per table (0: none); past it the cache starts over and reads go to the store once. About 1-5 KB each.")  # noqa: E501
     standby_replicas: int = Field(default=1, ge=0, description="Table standby replicas.")
     instance_id: str = Field(

@@ -83,11 +83,34 @@ def test_state_stores_get_small_memtables(tmp_path: Any) -> None:
     partition let the worker's RSS grow with the events written: issue 17)."""
     app = faust.App("memtable-test", broker="kafka://127.0.0.1:1", store="rocksdb://",
                     datadir=str(tmp_path), autodiscover=False)
-    settings = Settings.model_validate({"app": {"rocksdb_write_buffer_mb": 4,
-                                                "rocksdb_block_cache_mb": 16}})
+    settings = Settings.model_validate({"app": {"rocksdb_write_buffer_mb": 4}})
     tables = create_tables(app, settings)
     for table in (tables.state, tables.merged):
         options = table.data.rocksdb_options
         assert (options.write_buffer_size, options.max_write_buffer_number) == (4 << 20, 2)
-        # and a block cache of app.rocksdb_block_cache_mb, not Faust's 2 GB per partition
-        assert options.block_cache_size == 16 << 20
+
+
+def test_every_partition_database_shares_one_memory_budget(tmp_path: Any) -> None:
+    """All table partitions draw on one cache of app.rocksdb_memory_mb with their
+    memtables charged to it, instead of Faust's 2 GB cache per partition (issue 15: a
+    worker catching up after a sink outage grew by 450 MB, 114 MB of it Python's)."""
+    app = faust.App("budget-test", broker="kafka://127.0.0.1:1", store="rocksdb://",
+                    datadir=str(tmp_path), autodiscover=False)
+    settings = Settings.model_validate({"app": {"rocksdb_memory_mb": 16}})
+    tables = create_tables(app, settings)
+    dbs = [table.data._db_for_partition(p) for table in (tables.state, tables.merged)
+           for p in range(2)]
+    capacities = {db.property_int_value("rocksdb.block-cache-capacity") for db in dbs}
+    assert capacities == {16 << 20}  # one cache of the budget's size, not 2 GB each
+    budget = tables.state.rocksdb_budget()
+    assert budget is tables.merged.rocksdb_budget()
+    before = budget.usage()
+    for n, db in enumerate(dbs):
+        for i in range(2000):
+            db[f"k{n}-{i}".encode()] = b"x" * 500
+    # the memtables' memory is reserved in the shared cache, so the one limit covers it
+    assert budget.usage() > before + (1 << 20)
+    assert budget.usage() <= budget.total + (4 << 20)
+    for db in dbs:
+        db.close()
+
