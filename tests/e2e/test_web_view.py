@@ -1,6 +1,7 @@
 """The web view in a real headless Chromium: the numbers it renders are the API's.
 
-Chromium loads ``/`` (which fetches ``/api/v1/summary`` and ``/api/v1/stats/events``),
+Chromium loads ``/`` (which fetches ``/api/v1/summary`` and ``/api/v1/stats/events``,
+and ``/api/v1/aggregates/{name}`` for the aggregates the summary says are configured),
 ``--dump-dom`` gives the rendered DOM, and the page's stable ids and data attributes are
 compared with what the API answers.  The screenshot is kept under ``test-artifacts/``;
 with ``COLLECTOR_UPDATE_SCREENSHOT=1`` it also replaces ``docs/web-view.png``.
@@ -8,6 +9,7 @@ with ``COLLECTOR_UPDATE_SCREENSHOT=1`` it also replaces ``docs/web-view.png``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -30,8 +32,10 @@ from collector.config import Settings
 from collector.db import connect
 from collector.kafka.topics import ensure_topics
 from tests.e2e.kafka_io import produce, settings_for
+from tests.e2e.test_configured_aggregates_e2e import drop_table
 from tests.e2e.tools import ROOT, get, keep_artifact
 from tests.e2e.workers import Worker, isolated_env
+from tests.oracle import group_by_oracle
 from tests.programs import ensure_program
 
 pytestmark = pytest.mark.e2e
@@ -282,3 +286,112 @@ async def test_web_view_says_when_there_are_no_recent_windows(
     assert "Older windows could not be read" in dom
     assert "windows-chart" not in page.by_id and not page.series
     assert page.by_id["cards"]["data-overflow"] == ""
+    # nothing configured without code: no card for it
+    assert "hidden" in page.by_id["card-aggregates"]
+    assert page.by_id["aggregates-status"]["data-status"] == "unconfigured"
+
+
+def aggregate_rows(page: Elements, name: str) -> list[tuple[int, dict[str, str], Any]]:
+    """The card's rows of ``name``, in page order: (window start, key, values)."""
+    return [(int(r["data-window-start-ms"]), json.loads(r["data-key"]),
+             json.loads(r["data-values"])) for r in page.rows if r.get("data-aggregate") == name]
+
+
+def newest_first(windows: list[dict[str, Any]]) -> list[tuple[int, dict[str, str], Any]]:
+    ordered = sorted(windows, key=lambda w: (-w["window_start_ms"], tuple(w["key"].values())))
+    return [(w["window_start_ms"], w["key"], w["values"]) for w in ordered]
+
+
+async def test_web_view_shows_the_configured_aggregates(
+    migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    """A tumbling aggregate and a session one, configured through the environment: the
+    summary lists them, the card shows the chosen one's windows (a session one's for
+    ?user=) as /api/v1/aggregates/{name} answers them (and the oracle), newest first,
+    and says so when the query fails."""
+    browser = ensure_program("chromium", "chromium")
+    tag = "a" + uuid.uuid4().hex[:8]
+    plans, buys = f"plans_{tag}", f"buys_{tag}"
+    p, b = f"COLLECTOR_AGGREGATES__{plans.upper()}__", f"COLLECTOR_AGGREGATES__{buys.upper()}__"
+    env = isolated_env(tmp_path, COLLECTOR_WEB__API_TOKEN=TOKEN,
+                       COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS="0.5", **{
+                           p + "GROUP_BY": "type,properties.plan", p + "SINKS": "mysql",
+                           p + "MEASURES": "count,sum(value),users=distinct(user_id)",
+                           b + "WINDOW": "session", b + "SINKS": "mysql",
+                           b + "MEASURES": "count,revenue=sum(properties.amount)"})
+    settings = settings_for(env)
+    await ensure_topics(settings)
+    try:
+        worker = worker_factory(env).start()
+        worker.wait_ready()
+        base = f"http://127.0.0.1:{worker.port}"
+        assert [(a["name"], a["window"], a["keys"]) for a in summary(base)["aggregates"]] == [
+            (buys, "session", ["user_id"]), (plans, "tumbling", ["type", "properties_plan"])]
+
+        now = int(time.time() * 1000)
+        events: list[dict[str, Any]] = [{"event_id": f"{tag}-{i}", "user_id": f"{tag}u{i % 3}",
+                   "type": "view" if i % 2 else "click", "ts": now - 20_000 * (24 - i),
+                   "value": float(i), "properties": {"amount": 1.5 * i}}
+                  for i in range(24)]
+        for i, event in enumerate(events):
+            if i % 5:  # the others are grouped under "unknown"
+                event["properties"]["plan"] = ("free", "pro")[i % 2 and i % 3 != 0]
+        await produce(settings, settings.kafka.raw_topic(settings.kafka.sources[0]),
+                      [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+        user = f"{tag}u0"
+
+        def query(name: str, **extra: str) -> dict[str, Any]:
+            to = int(time.time() * 1000) + 60_000
+            params = "&".join(f"{k}={v}" for k, v in extra.items())
+            url = f"{base}/api/v1/aggregates/{name}?from={now - 86_400_000}&to={to}&{params}"
+            body: dict[str, Any] = json.loads(get(url, token=TOKEN))
+            return body
+
+        deadline = time.monotonic() + 60
+        while (sum(w["values"]["count"] for w in query(plans)["windows"]) < 24
+               or sum(w["values"]["count"] for w in query(buys, user_id=user)["windows"]) < 8):
+            assert time.monotonic() < deadline, (query(plans), query(buys, user_id=user))
+            await asyncio.sleep(0.5)
+
+        def render(url_params: str) -> tuple[Elements, str]:
+            dom = chromium(browser, tmp_path, "--dump-dom", "--window-size=1280,900",
+                           f"{base}/?token={TOKEN}&{url_params}").stdout.decode()
+            page = Elements()
+            page.feed(dom)
+            return page, dom
+
+        page, dom = render(f"aggregate={plans}")
+        ids = page.by_id
+        card = ids["card-aggregates"]
+        assert "hidden" not in card and card["data-aggregate"] == plans
+        assert ids["aggregates-status"]["data-status"] == "ok"
+        shown = aggregate_rows(page, plans)
+        assert shown == newest_first(query(plans)["windows"])
+        want = group_by_oracle(events, plans, ["type", "properties.plan"], dict(
+            count=("count", None), sum_value=("sum", "value"), users=("distinct", "user_id")))
+        assert {(ws, tuple(key.values())): v for ws, key, v in shown} == {
+            (ws, key): v for (_, ws, _, key), v in want.items()}
+        assert {key["properties_plan"] for _, key, _ in shown} == {"free", "pro", "unknown"}
+        assert int(ids["aggregates-status"]["data-shown"]) == len(shown) > 3  # several windows
+        assert '<th class="n">users</th>' in dom and "<th>properties_plan</th>" in dom
+        assert ids["cards"]["data-overflow"] == ""
+
+        page, dom = render(f"aggregate={buys}&user={user}")
+        shown = aggregate_rows(page, buys)
+        assert shown == newest_first(query(buys, user_id=user)["windows"]) and len(shown) == 1
+        assert (page.by_id["card-aggregates"]["data-aggregate"],
+                page.by_id["aggregates-status"]["data-status"]) == (buys, "ok")
+        ((start, key, values),) = shown
+        mine = [e for e in events if e["user_id"] == user]
+        assert (key, start, values["count"]) == ({"user_id": user}, mine[0]["ts"], 8)
+        assert values["revenue"] == pytest.approx(sum(e["properties"]["amount"] for e in mine))
+        assert '<th class="n">minutes</th>' in dom and '<th class="n">first_ts</th>' not in dom
+
+        # a user id the API refuses (400): the card says so, and shows no rows
+        page, dom = render(f"aggregate={buys}&user=no%7Csuch%7Cuser")
+        assert page.by_id["aggregates-status"]["data-status"] == "unavailable"
+        assert f"windows of {buys} not available (HTTP 400)" in dom
+        assert aggregate_rows(page, buys) == []
+    finally:
+        for name in (plans, buys):
+            await drop_table(settings, name)

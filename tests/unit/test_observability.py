@@ -1,4 +1,5 @@
-"""Consumer lag, commit-stall readiness and the web view's summary, without Kafka."""
+"""Consumer lag, commit-stall readiness and the web view's summary (with the configured
+aggregates it lists for the page), without Kafka."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collector.adapters.consumer import consumer_offsets
+from collector.config import load_settings
 from collector.engine.delivery import TopicHealth
+from collector.engine.specs import Specs
 from collector.observability import Metrics
 from collector.observability.health import Thresholds, readiness, sink_status
 from collector.observability.lag import LagTracker, Offsets, PartitionLag, lag_of
 from collector.observability.summary import RateHistory, Totals, build_summary, totals_of
 from collector.sinks import SinkHealth
+from collector.web.view import configured
 
 
 class Clock:
@@ -289,3 +293,24 @@ def test_partitions_held_by_backpressure_are_not_stalled() -> None:
     clock.now += 200
     tracker.update({held: Offsets(200, 50, 60), free: Offsets(200, 50, 60)})
     assert [p.partition for p in tracker.stalled(120)] == [0, 1]  # a real stall again
+
+
+def test_the_summary_lists_the_configured_aggregates_for_the_page() -> None:
+    """The web view learns from the summary which aggregates are configured, their kind
+    (a session one is asked per user), keys and measures; the built-ins are not listed
+    (they have cards of their own)."""
+    assert configured(Specs.from_settings(load_settings(aggregates={}))) == []
+    settings = load_settings(aggregates={
+        "plans": {"group_by": "source,properties.plan", "window": "hopping",
+                  "size_seconds": 300, "step_seconds": 60,
+                  "measures": "count,sum(value),users=distinct(user_id)"},
+        "buys": {"window": "session", "gap_seconds": 600,
+                 "measures": "count,revenue=sum(properties.amount)"}})
+    assert configured(Specs.from_settings(settings)) == [
+        {"name": "buys", "window": "session", "window_seconds": 600, "keys": ["user_id"],
+         "measures": ["first_ts", "last_ts", "count", "revenue"],
+         "path": "/api/v1/aggregates/buys"},
+        {"name": "plans", "window": "hopping", "window_seconds": 300,
+         "keys": ["source", "properties_plan"],
+         "measures": ["count", "sum_value", "users", "users_truncated"],
+         "path": "/api/v1/aggregates/plans"}]
