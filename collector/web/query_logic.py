@@ -143,6 +143,10 @@ def parse_aggregate(defn: Aggregate, params: Mapping[str, str], sources: Sequenc
         if k.sources:
             key[k.name] = _optional(params, k.name, lambda v: v in sources,
                                     f"must be one of {', '.join(sources)}")
+        elif k.name == "user_id":  # what /users/{id}/... accept: no other id can exist
+            key[k.name] = _optional(params, k.name,
+                                    lambda v: USER_ID_RE.fullmatch(v) is not None,
+                                    f"must match {USER_ID_RE.pattern}")
         else:
             key[k.name] = _optional(params, k.name,
                                     lambda v: _VALUE_RE.fullmatch(v) is not None,

@@ -231,6 +231,10 @@ def test_a_session_answer_from_mysql_fits_its_openapi_path() -> None:
                                       "user_id": "u1"}, ["web"], T0)
     sql, args = ql.history_sql(query, spec.seconds, defn)
     assert "merged_into IS NULL" in sql and "`user_id` = %s" in sql and "u1" in args
+    # a user id /users/{id}/sessions refuses is refused here too (400 naming the field)
+    with pytest.raises(ql.ParamError) as refused:
+        ql.parse_aggregate(defn, {"user_id": "no such user"}, ["web"], T0)
+    assert refused.value.field == "user_id"
     by_value = {"last_ts": naive_utc(T0 + 5_000), "count": 2, "revenue": 3.5,
                 "min_properties_amount": None, "max_value": 1.0, "distinct_type": 2,
                 "distinct_type_truncated": 0}
