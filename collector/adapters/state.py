@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Iterator
 from typing import Any, Protocol
 
@@ -28,8 +29,8 @@ from rocksdict import WriteBatch
 
 log = logging.getLogger(__name__)
 
-#: cached values per FaustState before the cache starts over (about 1 KB each)
-CACHE_MAX = 500_000
+#: cached values per FaustState; the least recently written go first (1-5 KB each)
+CACHE_MAX = 20_000
 #: what Faust's own ``json`` serializer passes to orjson (same bytes, see _encode)
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
@@ -75,8 +76,12 @@ class FaustState:
         self._topic = source_topic
         self._stand_ins: dict[int, _StandIn] = {}
         self._refs: dict[int, weakref.ref[_StandIn]] = {}
-        #: key -> the value last written through this object (0 disables the cache)
-        self._cache: dict[str, dict[str, Any]] = {}
+        #: key -> the value last written through this object (0 disables the cache),
+        #: least recently written first.  A bound on what a worker keeps between batches:
+        #: the hot set is a window or two per active user, but a cache that only clears
+        #: when full kept every window a backlog touched (issue 15: 761 MB against 475 MB
+        #: without it, catching up after a 4-minute MySQL outage with 10,000 users)
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache_max = cache_max
         self._output = output
         #: changelog records written to the store but not yet handed to the producer
@@ -136,8 +141,10 @@ class FaustState:
             self._write(partition, key, value)
         if self._cache_max:
             cache = self._cache
-            if len(cache) >= self._cache_max and key not in cache:
-                cache.clear()  # crude bound: the next reads go to the store once
+            if key in cache:
+                cache.move_to_end(key)
+            elif len(cache) >= self._cache_max:
+                cache.popitem(last=False)
             cache[key] = value
 
     def delete(self, partition: int, key: str) -> None:

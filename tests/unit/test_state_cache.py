@@ -77,9 +77,26 @@ def test_delete_drops_the_cached_value_and_the_bound_holds() -> None:
     assert state.get(0, "a") is None
     state.set(0, "b", {"n": 1})
     state.set(0, "c", {"n": 1})
-    state.set(0, "d", {"n": 1})  # over the bound: the cache starts over
-    assert len(state._cache) <= 2
+    state.set(0, "d", {"n": 1})  # over the bound: the least recently written goes
+    assert list(state._cache) == ["c", "d"]
     assert state.get(0, "b") == {"n": 1}  # from the store
+
+
+def test_the_cache_evicts_the_least_recently_written_not_everything() -> None:
+    """Issue 15: a cache that cleared only when full kept every window a backlog touched
+    (hundreds of MB after a sink outage); an LRU keeps the hot keys and nothing else."""
+    table = StoreTable()
+    state = FaustState(table, "raw", cache_max=3)
+    for key in ("a", "b", "c"):
+        state.set(0, key, {"k": key})
+    state.set(0, "a", {"k": "a2"})  # rewritten: now the most recent
+    state.set(0, "d", {"k": "d"})  # evicts b, the least recently written
+    assert list(state._cache) == ["c", "a", "d"]
+    assert state._cache["a"] == {"k": "a2"}
+    for n in range(100):
+        state.set(0, f"x{n}", {"n": n})
+    assert len(state._cache) == 3
+    assert state.get(0, "a") == {"k": "a2"}  # evicted values are read from the store
 
 
 @pytest.fixture
