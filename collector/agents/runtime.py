@@ -32,6 +32,8 @@ from collector.engine.flusher import BacklogWatch, Flusher
 from collector.engine.merger import Merger
 from collector.engine.processor import RawProcessor
 from collector.engine.rejected import RejectedRows
+from collector.engine.sessions import KIND as SESSIONS_KIND
+from collector.engine.sessions import SEP as SESSIONS_SEP
 from collector.engine.sinkhub import SinkHub
 from collector.enrichment import Enricher, ProfileCache, UserRepository
 from collector.enrichment.errors import SourceError
@@ -94,7 +96,8 @@ class Runtime(mode.Service):
         self.specs = Specs.from_settings(settings)
         changelog = self.output if kafka.bulk_changelog else None
         self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog,
-                                       cache_max=settings.app.state_cache_keys)
+                                       cache_max=settings.app.state_cache_keys,
+                                       uncached=(SESSIONS_KIND + SESSIONS_SEP,))
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
@@ -123,6 +126,7 @@ class Runtime(mode.Service):
             send_partial=self._send_partial, partials_partitions=kafka.partitions,
             add_user_rows=self.sinks.add, caught_up=self.caught_up,
             session_update_s=windows.session_update_seconds,
+            row_budget=self.row_budget,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
         self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog,
@@ -189,6 +193,12 @@ class Runtime(mode.Service):
         merged = self.merger.tick(owned)
         self.metrics.window_closes.labels("merged").inc(merged["final"])
         return merged
+
+    def row_budget(self) -> int:
+        """User rows a flush may add: what the fullest sink has left of
+        ``sinks.max_pending_rows``."""
+        pending = max((sink.pending for sink in self.sinks.sinks), default=0)
+        return self.settings.sinks.max_pending_rows - pending
 
     def apply_backpressure(self) -> None:
         """Pause or resume the owned raw partitions by the sinks' pending rows (after
