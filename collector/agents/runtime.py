@@ -194,18 +194,20 @@ class Runtime(mode.Service):
         self.metrics.window_closes.labels("merged").inc(merged["final"])
         return merged
 
+    def pending_rows(self) -> int:
+        """Rows waiting in the fullest sink."""
+        return max((sink.pending for sink in self.sinks.sinks), default=0)
+
     def row_budget(self) -> int:
         """User rows a flush may add: what the fullest sink has left of
         ``sinks.max_pending_rows``."""
-        pending = max((sink.pending for sink in self.sinks.sinks), default=0)
-        return self.settings.sinks.max_pending_rows - pending
+        return self.settings.sinks.max_pending_rows - self.pending_rows()
 
     def apply_backpressure(self) -> None:
         """Pause or resume the owned raw partitions by the sinks' pending rows (after
         every raw batch and every flush tick, so a paused worker resumes)."""
-        pending = max((sink.pending for sink in self.sinks.sinks), default=0)
         pause, resume = self.backpressure.decide(
-            pending, (TP(t, p) for t, p in self.owned(self.settings.kafka.raw_topics)))
+            self.pending_rows(), (TP(t, p) for t, p in self.owned(self.settings.kafka.raw_topics)))
         if pause or resume:
             consumer = self.app.consumer
             later = getattr(consumer, "pause_later", None)
