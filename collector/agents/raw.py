@@ -32,6 +32,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
 
     async def process_batch(records: Sequence[RawRecord]) -> None:
         """Validate, dead-letter, enrich and forward one batch of raw messages."""
+        runtime.before_raw_batch()
         await runtime.processor.process_safely(records, runtime.output)
         try:
             runtime.after_raw_batch()

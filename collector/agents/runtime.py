@@ -218,6 +218,14 @@ class Runtime(mode.Service):
                 consumer.resume_partitions(resume)
         self.metrics.backpressure.set(1 if self.backpressure.engaged else 0)
 
+    def before_raw_batch(self) -> None:
+        """Index the recovered state before the first batch after an assignment instead
+        of at the next flush: the batches in between write keys that the rescan would
+        decode and mark for re-sending once more (at a bench's start, the whole table)."""
+        if (self.flusher.needs_rescan and not self._flush_lock.locked()
+                and self.ready_for_flush()):
+            self.flusher.rescan(self.owned(self.settings.kafka.raw_topics))
+
     def after_raw_batch(self) -> bool:
         """Start a flush if a backlog was just drained (see :class:`BacklogWatch`)."""
         self.apply_backpressure()

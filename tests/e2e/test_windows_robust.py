@@ -538,8 +538,12 @@ async def test_restart_recovers_open_windows(
     store: str, migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
     tag = store[0] + uuid.uuid4().hex[:8]
+    # sessions entries written on every flush: with the default 60 s a pane waits, the
+    # first worker may stop before its users' entries exist (recovery re-sends every
+    # user window, so they are rebuilt), and state_keys counts one entry per user
     env = {**window_env(tmp_path, tag), "COLLECTOR_APP__STORE": store,
-           "COLLECTOR_WINDOWS__IDLE_TIMEOUT_SECONDS": "3600"}
+           "COLLECTOR_WINDOWS__IDLE_TIMEOUT_SECONDS": "3600",
+           "COLLECTOR_WINDOWS__SESSION_UPDATE_SECONDS": "0"}
     settings = settings_for(env)
     await ensure_topics(settings)
     await influx_create_db(settings)
