@@ -15,8 +15,11 @@ from tests.e2e.workers import APP_IDS, Worker, isolated_env
 
 
 @pytest.fixture
-def worker_factory(stack: object, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Build workers with isolated topics; every one started is stopped at teardown."""
+def worker_factory(migrated: object, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Build workers with isolated topics; every one started is stopped at teardown.
+
+    On the migrated stack: a worker does not apply migrations (``collector db migrate``
+    does), and a test run first on a fresh database saw its sink "unavailable" for good."""
     started: list[Worker] = []
 
     def make(env: dict[str, str] | None = None, name: str = "worker") -> Worker:

@@ -305,20 +305,24 @@ def newest_first(windows: list[dict[str, Any]]) -> list[tuple[int, dict[str, str
 async def test_web_view_shows_the_configured_aggregates(
     migrated: Settings, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
-    """A tumbling aggregate and a session one, configured through the environment: the
-    summary lists them, the card shows the chosen one's windows (a session one's for
-    ?user=) as /api/v1/aggregates/{name} answers them (and the oracle), newest first,
-    and says so when the query fails."""
+    """A tumbling, a hopping and a session aggregate, configured through the environment:
+    the summary lists them, the card shows the chosen one's windows (a session one's for
+    ?user=) as /api/v1/aggregates/{name} answers them (and the oracle), newest first, at
+    most AGG_ROWS of them, and says so when the query fails."""
     browser = ensure_program("chromium", "chromium")
     tag = "a" + uuid.uuid4().hex[:8]
-    plans, buys = f"plans_{tag}", f"buys_{tag}"
+    plans, buys, hops = f"plans_{tag}", f"buys_{tag}", f"hops_{tag}"
     p, b = f"COLLECTOR_AGGREGATES__{plans.upper()}__", f"COLLECTOR_AGGREGATES__{buys.upper()}__"
+    h = f"COLLECTOR_AGGREGATES__{hops.upper()}__"
     env = isolated_env(tmp_path, COLLECTOR_WEB__API_TOKEN=TOKEN,
                        COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS="0.5", **{
                            p + "GROUP_BY": "type,properties.plan", p + "SINKS": "mysql",
                            p + "MEASURES": "count,sum(value),users=distinct(user_id)",
                            b + "WINDOW": "session", b + "SINKS": "mysql",
-                           b + "MEASURES": "count,revenue=sum(properties.amount)"})
+                           b + "MEASURES": "count,revenue=sum(properties.amount)",
+                           h + "WINDOW": "hopping", h + "SIZE_SECONDS": "120",
+                           h + "STEP_SECONDS": "60", h + "GROUP_BY": "device_id",
+                           h + "SINKS": "mysql", h + "MEASURES": "count"})
     settings = settings_for(env)
     await ensure_topics(settings)
     try:
@@ -326,7 +330,8 @@ async def test_web_view_shows_the_configured_aggregates(
         worker.wait_ready()
         base = f"http://127.0.0.1:{worker.port}"
         assert [(a["name"], a["window"], a["keys"]) for a in summary(base)["aggregates"]] == [
-            (buys, "session", ["user_id"]), (plans, "tumbling", ["type", "properties_plan"])]
+            (buys, "session", ["user_id"]), (hops, "hopping", ["device_id"]),
+            (plans, "tumbling", ["type", "properties_plan"])]
 
         now = int(time.time() * 1000)
         events: list[dict[str, Any]] = [{"event_id": f"{tag}-{i}", "user_id": f"{tag}u{i % 3}",
@@ -336,6 +341,13 @@ async def test_web_view_shows_the_configured_aggregates(
         for i, event in enumerate(events):
             if i % 5:  # the others are grouped under "unknown"
                 event["properties"]["plan"] = ("free", "pro")[i % 2 and i % 3 != 0]
+        # 60 devices in the same minutes, 2 hopping windows each: more than the card's
+        # AGG_ROWS (50).  Clicks on "free", so plans gains at most a row per minute
+        devices: list[dict[str, Any]] = [{
+            "event_id": f"{tag}-d{i}", "user_id": f"{tag}h", "type": "click",
+            "device_id": f"{tag}d{i:02}", "ts": now - 20_000 * (24 - i % 24) - 1_000,
+            "properties": {"plan": "free"}} for i in range(60)]
+        events += devices
         await produce(settings, settings.kafka.raw_topic(settings.kafka.sources[0]),
                       [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
         user = f"{tag}u0"
@@ -348,7 +360,8 @@ async def test_web_view_shows_the_configured_aggregates(
             return body
 
         deadline = time.monotonic() + 60
-        while (sum(w["values"]["count"] for w in query(plans)["windows"]) < 24
+        while (sum(w["values"]["count"] for w in query(plans)["windows"]) < len(events)
+               or sum(w["values"]["count"] for w in query(hops)["windows"]) < 2 * len(events)
                or sum(w["values"]["count"] for w in query(buys, user_id=user)["windows"]) < 8):
             assert time.monotonic() < deadline, (query(plans), query(buys, user_id=user))
             await asyncio.sleep(0.5)
@@ -376,6 +389,24 @@ async def test_web_view_shows_the_configured_aggregates(
         assert '<th class="n">users</th>' in dom and "<th>properties_plan</th>" in dom
         assert ids["cards"]["data-overflow"] == ""
 
+        # hopping: every event in two windows; the newest 50 of them, and the card says so
+        page, dom = render(f"aggregate={hops}")
+        ids = page.by_id
+        assert (ids["card-aggregates"]["data-aggregate"],
+                ids["aggregates-status"]["data-status"]) == (hops, "ok")
+        shown = aggregate_rows(page, hops)
+        windows = query(hops)["windows"]
+        assert shown == newest_first(windows)[:50] and len(windows) > 50
+        want = group_by_oracle(events, hops, ["device_id"], {"count": ("count", None)},
+                               size_ms=120_000, step_ms=60_000)
+        assert len(want) == len(windows)
+        assert shown == sorted(((ws, {"device_id": key[0]}, v)
+                                for (_, ws, _, key), v in want.items()),
+                               key=lambda w: (-w[0], w[1]["device_id"]))[:50]
+        assert int(ids["aggregates-status"]["data-shown"]) == 50
+        assert f"The newest 50 of {len(windows)} windows." in dom
+        assert f">{hops} (hopping, 2 min)</option>" in dom and "<th>device_id</th>" in dom
+
         page, dom = render(f"aggregate={buys}&user={user}")
         shown = aggregate_rows(page, buys)
         assert shown == newest_first(query(buys, user_id=user)["windows"]) and len(shown) == 1
@@ -393,5 +424,5 @@ async def test_web_view_shows_the_configured_aggregates(
         assert f"windows of {buys} not available (HTTP 400)" in dom
         assert aggregate_rows(page, buys) == []
     finally:
-        for name in (plans, buys):
+        for name in (plans, buys, hops):
             await drop_table(settings, name)
