@@ -27,6 +27,7 @@ from collector.config import Settings
 from collector.db.tables import SchemaMismatch, ensure_configured_tables
 from collector.engine.aggregator import Aggregator, Specs
 from collector.engine.backpressure import Backpressure
+from collector.engine.dedupe import CHUNK_PREFIX
 from collector.engine.delivery import ProduceHealth
 from collector.engine.flusher import BacklogWatch, Flusher
 from collector.engine.merger import Merger
@@ -97,7 +98,7 @@ class Runtime(mode.Service):
         changelog = self.output if kafka.bulk_changelog else None
         self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog,
                                        cache_max=settings.app.state_cache_keys,
-                                       uncached=(SESSIONS_KIND + SESSIONS_SEP,))
+                                       uncached=(SESSIONS_KIND + SESSIONS_SEP, CHUNK_PREFIX))
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)

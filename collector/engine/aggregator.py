@@ -10,7 +10,7 @@ Replays cannot double-count: every state entry remembers the highest input offse
 has absorbed (per topic and partition for user windows) and skips anything at or below
 it.  Retries cannot either: a user window keeps the event ids it counted, for
 ``windows.dedupe_seconds`` of event time past its end, so a repeated (user_id, event_id)
-is counted once however it came back (docs/guarantees.md).
+is counted once however it came back (docs/guarantees.md).  (collector.engine.dedupe).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from collector.aggregates import Aggregate
 from collector.aggregates.definition import Fold
+from collector.engine.dedupe import counted, remember
 from collector.engine.panes import Merge, Pane, apply_pane, pane_merge
 from collector.engine.processor import RawRecord
 from collector.engine.specs import Plan, Specs, plan, required_fields, user_fold
@@ -204,15 +205,17 @@ class Aggregator:
         else:
             entry = self._user(touched, record, user_id, ws)
             if entry is not None:
-                ids: dict[str, int] = entry.value.setdefault("ids", {})
-                if eid in ids:  # counted before: an HTTP retry, a producer retry, a replay
+                value = entry.value
+                value.setdefault("ids", {})
+                # counted before: an HTTP retry, a producer retry, a replay
+                if counted(self.state, entry.partition, value, eid):
                     source = event["source"]
                     self.duplicates[source] = self.duplicates.get(source, 0) + 1
                     self.folded.add((record.topic, record.partition, record.offset))
                     return []
                 if ws + self._user_size + self.specs.dedupe_ms > st:
-                    ids[eid] = 1
-                fold(entry.value["agg"], event, ts)
+                    remember(self.state, entry.partition, value, eid)
+                fold(value["agg"], event, ts)
                 self.folded.add((record.topic, record.partition, record.offset))
         panes = self._pane_plans
         for name, hopping, horizon, step, spec, key_of, fold in self._partials:

@@ -20,7 +20,15 @@ from typing import Any
 
 import orjson
 
-from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
+from collector.engine.aggregator import (
+    SEP,
+    Aggregator,
+    Specs,
+    retired,
+    slot_key,
+    user_key,
+)
+from collector.engine.dedupe import CHUNK, forget, id_chunk_keys
 from collector.engine.session_flush import SessionFlush
 from collector.engine.sessions import KIND, SessionPlan
 from collector.engine.state import State
@@ -148,7 +156,7 @@ class Flusher:
         owned = {p for _, p in assigned}
         orphans = 0
         for key, value in self.state.items():
-            if value.get("partition") in owned:
+            if value.get("partition") in owned and value.get("kind") != CHUNK:
                 if value.get("kind") == KIND and value.get("table") not in self.sessions:
                     orphans += 1  # a session aggregate no longer configured: left alone
                     continue
@@ -230,7 +238,7 @@ class Flusher:
                     self.resend.add(key)
                 stats["deferred"] += 1
                 continue
-            changed = self._prune_ids(key, entry, self._newest_st(partition, marks))
+            changed = self._prune_ids(key, partition, entry, self._newest_st(partition, marks))
             if send:
                 if emit_final(entry, final, key in dirty) or changed:
                     self.state.set(partition, key, entry)
@@ -240,6 +248,8 @@ class Flusher:
                     self.final_sent.add(key)  # in memory only: re-sent after a restart
             elif gone and self.confirmed.get(key, -1) == entry.get("rev", 0):
                 to_delete.append((partition, key))  # its last row is in every sink
+                # (expired by the wall clock of a quiet stream: its ids were kept)
+                to_delete.extend((partition, chunk) for chunk in id_chunk_keys(entry))
                 if self.sessions:
                     self.session_flush.needed(partition, entry["key"][0])
             elif changed:
@@ -265,7 +275,7 @@ class Flusher:
             self.confirmed.pop(key, None)
             self.pruned.discard(key)
             self.session_flush.forget(key)
-            stats["deleted"] += 1
+            stats["deleted"] += key[0] != CHUNK  # (a window's id chunks go with it)
         if user_rows:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
@@ -290,16 +300,13 @@ class Flusher:
         nobody uses must not keep every user window's ids)."""
         return self._partition_marks(partition, marks)[1]
 
-    def _prune_ids(self, key: str, entry: dict[str, Any], st: int) -> bool:
+    def _prune_ids(self, key: str, partition: int, entry: dict[str, Any], st: int) -> bool:
         """Drop a user window's event ids once the partition's stream time passed its
         dedupe horizon: they bound the state by the horizon, not by the lateness."""
         if key in self.pruned or not self._past_dedupe(entry["ws"], st):
             return False
         self.pruned.add(key)
-        if not entry.get("ids"):
-            return False
-        entry["ids"] = {}
-        return True
+        return forget(self.state, partition, entry)
 
     def _marks_of(self, key: str, entry: dict[str, Any] | None, partition: int,
                   marks: dict[str, Marks]) -> Marks:

@@ -14,6 +14,7 @@ import pytest
 
 from collector.config import SettingsError, load_settings
 from collector.engine.aggregator import Specs
+from collector.engine.dedupe import IDS_INLINE, id_chunk_keys
 from collector.engine.processor import home_partition
 from collector.engine.windows import WindowSpec
 from tests.unit.test_windows import T0, Clock, Loop, event, feed, oracle
@@ -260,10 +261,15 @@ async def test_event_ids_are_dropped_past_the_dedupe_horizon(specs: Specs) -> No
     await loop.tick()
     key = f"u|u1|{T0}"
     entry = loop.agg.state.get(0, key)
-    assert entry is not None and len(entry["ids"]) == 10
+    assert entry is not None
+    chunks = id_chunk_keys(entry)
+    held = [eid for k in chunks for eid in (loop.agg.state.get(0, k) or {})["ids"]]
+    assert len(chunks) == 10 // IDS_INLINE and sorted(held + list(entry["ids"])) == sorted(
+        e["event_id"] for e in first)
     # stream time 16 min on (past end + dedupe 15 min, inside the lateness of 1 h)
     feed(loop, [offsets.item(event("u2", "view", T0 + 16 * 60_000))])
     await loop.tick()
     entry = loop.agg.state.get(0, key)
     assert entry is not None and entry["ids"] == {} and entry["agg"]["count"] == 10
+    assert "ic" not in entry and all(loop.agg.state.get(0, k) is None for k in chunks)
     assert loop.rows[("user_activity", T0, 60, ("u1",))].values["count"] == 10
