@@ -18,6 +18,7 @@ import orjson
 
 from collector.config import Settings
 from collector.engine.state import superseded
+from collector.kafka.topics import MERGED_TABLE, STATE_TABLE
 
 #: Values are plain JSON objects: no value_type, since Faust decodes changelog records
 #: (recovery) with ``value_type.from_data`` and ``dict`` has none, so every record
@@ -28,8 +29,6 @@ _SCHEMA: faust.Schema = faust.Schema(
 
 log = logging.getLogger(__name__)
 
-STATE_TABLE = "collector-state"
-MERGED_TABLE = "collector-merged"
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from collector.kafka.clients import client_kwargs
 log = logging.getLogger(__name__)
 
 TOPIC_ALREADY_EXISTS = 36
+#: the Faust tables' names (``collector.adapters.tables``); their changelogs are Faust's
+#: ``{app id}-{table}-changelog``, compacted
+STATE_TABLE = "collector-state"
+MERGED_TABLE = "collector-merged"
 
 
 class PartitionMismatch(Exception):
@@ -32,6 +36,15 @@ def topic_names(settings: Settings) -> list[str]:
     kafka = settings.kafka
     return [*kafka.raw_topics, kafka.enriched_topic, kafka.deadletter_topic, kafka.users_topic,
             kafka.partials_topic]
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """The tables' changelogs, created here too: Faust creates them when a worker starts
+    and joins its group at once, and on a fresh broker its metadata may not show them
+    yet.  The assignor then skips the topic (``Ignoring missing topic``), the table's
+    partitions have no owner until the next metadata refresh (5 minutes), and queries
+    of the merged windows answer 503 all that time (seen in a fresh-clone run)."""
+    return [f"{settings.app.id}-{table}-changelog" for table in (STATE_TABLE, MERGED_TABLE)]
 
 
 def partitioned_topics(settings: Settings) -> list[str]:
@@ -95,6 +108,11 @@ async def ensure_topics(settings: Settings, extra: list[str] | None = None) -> l
         wanted = [
             NewTopic(name, kafka.partitions, kafka.replication_factor)
             for name in names
+            if name not in existing
+        ] + [
+            NewTopic(name, kafka.partitions, kafka.replication_factor,
+                     topic_configs={"cleanup.policy": "compact"})
+            for name in changelog_topics(settings)
             if name not in existing
         ]
         if not wanted:
