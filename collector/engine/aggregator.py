@@ -10,7 +10,8 @@ Replays cannot double-count: every state entry remembers the highest input offse
 has absorbed (per topic and partition for user windows) and skips anything at or below
 it.  Retries cannot either: a user window keeps the event ids it counted, for
 ``windows.dedupe_seconds`` of event time past its end, so a repeated (user_id, event_id)
-is counted once however it came back (docs/guarantees.md).  (collector.engine.dedupe).
+is counted once however it came back (docs/guarantees.md; how the ids are kept:
+collector.engine.dedupe).
 """
 
 from __future__ import annotations

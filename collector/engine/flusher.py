@@ -20,14 +20,7 @@ from typing import Any
 
 import orjson
 
-from collector.engine.aggregator import (
-    SEP,
-    Aggregator,
-    Specs,
-    retired,
-    slot_key,
-    user_key,
-)
+from collector.engine.aggregator import SEP, Aggregator, Specs, retired, slot_key, user_key
 from collector.engine.dedupe import CHUNK, forget, id_chunk_keys
 from collector.engine.session_flush import SessionFlush
 from collector.engine.sessions import KIND, SessionPlan
