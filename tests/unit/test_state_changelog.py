@@ -235,3 +235,43 @@ async def test_direct_json_bytes_are_fausts(table: Any) -> None:
         kb, vb = state._encode(key, value)
         assert kb == s.dumps_key(table.key_type, key, serializer=table.key_serializer)
         assert vb == s.dumps_value(table.value_type, value, serializer=table.value_serializer)
+
+
+async def test_a_retry_after_a_newer_batch_was_acked_still_sends_the_newest_value(
+        table: Any) -> None:
+    """The refused batch is produced again only after a later one, holding a newer value
+    of the same key, was acked: the retry must send that newer value, not its own."""
+    out = RefusingOnce()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    state.set(1, "a", {"n": 1})
+    first = await state.submit()  # refused; its retry waits out a backoff
+    state.set(1, "a", {"n": 2})
+    second = await state.submit()  # acked at once
+    await asyncio.wait_for(asyncio.gather(*second), 5)
+    await asyncio.wait_for(asyncio.gather(*first), 5)
+    assert [loads(table, k, v) for _, k, v in out.singles] == [("a", {"n": 2})]
+    assert state.kept_for_retries() == 0
+
+
+async def test_values_kept_for_retries_are_dropped_once_their_batches_are_acked(
+        table: Any) -> None:
+    """Under steady load some delivery is always outstanding: values of acked batches
+    must go anyway, or the worker's memory grows with every key it ever wrote."""
+    out = Producer()
+    state = FaustState(table, "raw", cache_max=0, output=out)
+    outstanding: list[Awaitable[Any]] = []
+    for round_ in range(20):
+        for i in range(50):
+            state.set(1, f"r{round_}-k{i}", {"n": i})
+        acked_before = list(out.sent)
+        outstanding = await state.submit()  # this round stays in flight
+        for topic, partition, _, fut in acked_before:
+            if not fut.done():
+                fut.set_result(RecordMetadata(topic, partition, TP(topic, partition),
+                                              round_ * 100, -1, None, -1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert state.kept_for_retries() == 50, round_  # only the batch still in flight
+    out.ack(base_offset=5000)
+    await asyncio.wait_for(asyncio.gather(*outstanding), 5)
+    assert state.kept_for_retries() == 0
