@@ -7,6 +7,7 @@ the producer is a recorder, so what would reach Kafka can be decoded and compare
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,22 @@ async def test_values_kept_for_retries_are_dropped_once_their_batches_are_acked(
     out.ack(base_offset=5000)
     await asyncio.wait_for(asyncio.gather(*outstanding), 5)
     assert state.kept_for_retries() == 0
+
+
+async def test_bytes_kept_until_the_submit_cost_their_length_not_orjsons_buffer(
+        table: Any) -> None:
+    """orjson output keeps a ~4 KB buffer whatever its length; a flush writing 20,000
+    windows at once held 80 MB of them (memray). What is kept must be copies."""
+    state = FaustState(table, "raw", cache_max=0, output=Producer())
+    value = {"kind": "u", "key": ["user-123"], "ws": 1764936000000, "agg": {"n": 25}}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            state.set(1, f"u|user-{i}|1764936000000", value)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert state.kept_for_retries() == 2000
+    assert held < 2000 * 1024, f"{held / 2000:.0f} B held per write"
+    await state.submit()
