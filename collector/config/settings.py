@@ -204,8 +204,9 @@ class WindowSettings(_Section):
     session_update_seconds: float = Field(
         default=60.0, ge=0,
         description="How often an open session's user_sessions row is rewritten while "
-        "events keep coming (0: every flush); a session that ends is written at once "
-        "and the query API always shows the latest.",
+        "events keep coming (0: every flush); once its partition takes no event for a "
+        "flush interval it is written at the next flush, and a session that ends is "
+        "written at once and the query API always shows the latest.",
     )
     hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
     hopping_step_seconds: int = Field(default=60, ge=1, description="segment_stats advance.")

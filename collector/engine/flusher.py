@@ -123,6 +123,9 @@ class Flusher:
     session_update_s: float = 0.0
     #: the session aggregates' side of the flush (engine/session_flush.py)
     session_flush: SessionFlush = field(init=False)
+    #: when the previous tick started (wall clock): a partition whose raw slots saw no
+    #: event since is quiet
+    _prev_tick_s: float | None = None
     #: user rows the sinks can take now (None: no bound).  The rest wait for a later
     #: tick: when a backlog catches up, or after a restart re-sends everything, every
     #: open window of the backlog wants its row in the same tick (issue 15: +350 MB in
@@ -180,6 +183,7 @@ class Flusher:
             self.rescan(assigned)
         now_s = self.clock()
         now_ms = int(now_s * 1000)
+        prev_tick_s, self._prev_tick_s = self._prev_tick_s, now_s
         owned_parts = {p for _, p in assigned}
         marks = self._close_marks(assigned, now_s, now_ms)
         self._by_partition.clear()
@@ -250,7 +254,7 @@ class Flusher:
         if self.sessions:
             self.session_flush.flush(
                 owned_parts, now_s, lambda p: self._partition_marks(p, marks)[0], resend,
-                user_rows, to_delete)
+                user_rows, to_delete, self._quiet(owned_parts, prev_tick_s))
         # close marks go after the partials they cover: same producer, same partition order
         for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")
@@ -273,6 +277,14 @@ class Flusher:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
+
+    def _quiet(self, partitions: Collection[int], since: float | None) -> set[int]:
+        """The partitions none of whose raw slots took an event since ``since``."""
+        if since is None:
+            return set()
+        seen = self.aggregator.last_seen
+        return {p for p in partitions
+                if all(seen.get(slot_key(t, p), 0.0) < since for t in self.raw_topics)}
 
     def _past_dedupe(self, ws: int, st: int) -> bool:
         return ws + self.specs.user.size_ms + self.specs.dedupe_ms <= st

@@ -13,6 +13,9 @@ dashboard of sessions needs, not once per flush.  Nothing waits longer than that
   end + gap + grace: replayed or backfilled data, a quiet stream) is not kept waiting;
 - a user window about to be deleted (gone, its last row in every sink) forces its
   user's update in the same flush, before the deletion;
+- a partition that took no event since the previous flush has its users updated: the
+  last events of a stream (or of a drained backlog) reach ``user_sessions`` within a
+  flush interval or two, as they reach the other tables;
 - after a start or a rebalance every user window is re-sent and copied at once, so the
   waiting list (memory only) is never needed to recover; a revoked partition's is
   dropped;
@@ -111,13 +114,20 @@ class SessionFlush:
 
     def flush(self, owned: Collection[int], now: float, marks_of: Callable[[int], Marks],
               resend: Collection[str], rows: list[Row],
-              to_delete: list[tuple[int, str]]) -> None:
-        """Update the entries of users whose panes are due, or whose entry is."""
+              to_delete: list[tuple[int, str]], quiet: Collection[int] = ()) -> None:
+        """Update the entries of users whose panes are due, or whose entry is.
+
+        ``quiet``: partitions that took no event since the previous flush.  Their waiting
+        users are updated now: the interval saves rewrites while events keep coming, and
+        once they stop there is nothing to save (issue 17: after the last event of a
+        backlog, ``user_sessions`` rows came up to 60 s after every other table's).
+        """
         users, self._now = self._now, {}
         for user, (since, starts) in list(self.pending.items()):
             if user[0] not in owned:
                 del self.pending[user]
             elif (user in users or user in self._forced or now - since >= self.update_s
+                    or user[0] in quiet
                     or marks_of(user[0])[0] >= max(starts) + self._closes_ms):
                 self._take(user, users.setdefault(user, {}))
         self._forced.clear()

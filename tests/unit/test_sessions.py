@@ -316,6 +316,32 @@ async def test_an_open_session_is_rewritten_once_per_update_interval(specs: Spec
     assert loop.agg.state.get(0, session_key("user_sessions", "u1"))["panes"]
 
 
+async def test_a_stream_that_stops_reaches_its_sessions_without_the_interval(
+    specs: Specs,
+) -> None:
+    """The interval saves rewrites while events keep coming; after the last events (a
+    drained backlog, a device going offline) the rows must not wait for it: the first
+    flush that finds the partition quiet writes them (issue 17: 60 s late)."""
+    clock = Clock(T0 / 1000 + 4 * 3600)
+    loop, send = await started(specs, clock, UPDATE_S)
+    events = [event("u1", "click", T0 + i * 1_000) for i in range(3)]
+    assert send(events) == []
+    clock.now += 5
+    await loop.tick()
+    assert ident(T0) not in loop.rows  # events since the previous flush: it waits
+    assert send([event("u1", "view", T0 + 3_000)]) == []
+    clock.now += 5
+    await loop.tick()
+    assert ident(T0) not in loop.rows  # still coming
+    clock.now += 5
+    await loop.tick()  # nothing since the previous flush: 15 s, not 60
+    events.append(event("u1", "view", T0 + 3_000))
+    row = sessions(loop)[ident(T0)]
+    assert not row.final and row.values["count"] == 4
+    assert live(loop) == session_oracle(events, gap_ms=GAP_MS)
+    assert loop.flusher.session_flush.pending == {}
+
+
 async def test_a_session_never_turns_final_without_the_panes_that_wait(
     specs: Specs,
 ) -> None:
