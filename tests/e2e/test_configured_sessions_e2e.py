@@ -105,7 +105,10 @@ async def test_configured_session_aggregate_end_to_end(
 ) -> None:
     tag = "s" + uuid.uuid4().hex[:8]
     name = f"purchase_sessions_{tag}"
-    env = window_env(tmp_path, tag)
+    # flushes 5 s apart: an open session's row is written by the first flush that finds
+    # its partition quiet, so the live answer below has a flush interval to be seen
+    # before the row exists (at 0.5 s the two would race)
+    env = {**window_env(tmp_path, tag), "COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS": "5"}
     prefix = f"COLLECTOR_AGGREGATES__{name.upper()}__"
     env.update({prefix + "WINDOW": "session", prefix + "GAP_SECONDS": str(GAP_S),
                 prefix + "MEASURES": "count,sum(properties.amount),distinct(type)"})
@@ -200,7 +203,8 @@ async def test_configured_session_aggregate_end_to_end(
                    for w in body["windows"])
 
         # a session that just opened is answered live from the owner's state, before
-        # its row is written (windows.session_update_seconds, 60 s, has not passed)
+        # its row is written (the flush after the event's is the first to find the
+        # partition quiet; windows.session_update_seconds, 60 s, has not passed)
         at = int(time.time() * 1000) - 30_000  # open for gap + grace from now, in any rule
         fresh = {"event_id": f"{tag}-fresh", "user_id": f"{tag}u2", "type": "view",
                  "ts": at, "properties": {"amount": 2.5}}
