@@ -170,13 +170,14 @@ class Runtime(mode.Service):
     def ready_for_flush(self) -> bool:
         return not (self.app.rebalancing or self.app.in_recovery or self.fenced())
 
-    async def flush_windows(self) -> dict[str, Any]:
-        """One flush cycle: combiner side, then the merge."""
+    async def flush_windows(self, drained: bool = False) -> dict[str, Any]:
+        """One flush cycle: combiner side, then the merge (``drained``: right after a
+        backlog was drained, see :meth:`Flusher.tick`)."""
         if not self.ready_for_flush():
             return {"skipped": "rebalancing or recovering"}
         kafka = self.settings.kafka
         async with self._flush_lock:
-            combined = await self.flusher.tick(self.owned(kafka.raw_topics))
+            combined = await self.flusher.tick(self.owned(kafka.raw_topics), drained=drained)
             merged = self.merge_tick()
             await self.window_state.submit()
             await self.merger_state.submit()
@@ -239,7 +240,7 @@ class Runtime(mode.Service):
 
     async def _flush_quietly(self) -> None:
         try:
-            await self.flush_windows()
+            await self.flush_windows(drained=True)
         except Exception:
             log.exception("flush after a drained backlog failed; the timer retries")
 
