@@ -422,23 +422,3 @@ def test_a_user_window_keeps_at_most_max_user_types() -> None:
     merge_activity(merged, agg, 30)
     merge_activity(merged, small, 30)
     assert len(merged["types"]) == 30 and merged["truncated"] and merged["count"] == 5003
-
-
-async def test_the_runtime_flush_after_a_drained_backlog_tells_the_flusher() -> None:
-    """The flush BacklogWatch starts passes ``drained``: that is what writes a drained
-    backlog's waiting sessions in it rather than a flush interval later (issue 17)."""
-    from collector.config import load_settings
-    from collector.factory import create_app
-
-    runtime = create_app(load_settings()).runtime
-    seen: list[bool] = []
-
-    async def tick(assigned: Any, drained: bool = False) -> dict[str, int]:
-        seen.append(drained)
-        return {"final_partials": 0}
-
-    runtime.flusher.tick = tick  # type: ignore[method-assign]
-    runtime.owned = lambda topics: set()  # type: ignore[method-assign]  # not started
-    await runtime.flush_windows()  # the timer's
-    await runtime._flush_quietly()  # after a drained backlog
-    assert seen == [False, True]
