@@ -170,14 +170,13 @@ class Runtime(mode.Service):
     def ready_for_flush(self) -> bool:
         return not (self.app.rebalancing or self.app.in_recovery or self.fenced())
 
-    async def flush_windows(self, drained: bool = False) -> dict[str, Any]:
-        """One flush cycle: combiner side, then the merge (``drained``: right after a
-        backlog was drained, see :meth:`Flusher.tick`)."""
+    async def flush_windows(self) -> dict[str, Any]:
+        """One flush cycle: combiner side, then the merge."""
         if not self.ready_for_flush():
             return {"skipped": "rebalancing or recovering"}
         kafka = self.settings.kafka
         async with self._flush_lock:
-            combined = await self.flusher.tick(self.owned(kafka.raw_topics), drained=drained)
+            combined = await self.flusher.tick(self.owned(kafka.raw_topics))
             merged = self.merge_tick()
             await self.window_state.submit()
             await self.merger_state.submit()
@@ -240,7 +239,7 @@ class Runtime(mode.Service):
 
     async def _flush_quietly(self) -> None:
         try:
-            await self.flush_windows(drained=True)
+            await self.flush_windows()
         except Exception:
             log.exception("flush after a drained backlog failed; the timer retries")
 

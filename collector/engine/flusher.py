@@ -177,14 +177,8 @@ class Flusher:
             elif row.final and row.table in self.sessions:
                 self.session_flush.on_row_written(row)
 
-    async def tick(self, assigned: Collection[tuple[str, int]],
-                   drained: bool = False) -> dict[str, int]:
-        """One flush; returns counts (for logs and tests).
-
-        ``drained``: every owned partition has just processed everything the broker
-        held after a backlog; waiting sessions are written now, as if the partitions
-        were quiet (the next flush would find them so, a flush interval later).
-        """
+    async def tick(self, assigned: Collection[tuple[str, int]]) -> dict[str, int]:
+        """One flush; returns counts (for logs and tests)."""
         if self.needs_rescan:
             self.rescan(assigned)
         now_s = self.clock()
@@ -260,8 +254,7 @@ class Flusher:
         if self.sessions:
             self.session_flush.flush(
                 owned_parts, now_s, lambda p: self._partition_marks(p, marks)[0], resend,
-                user_rows, to_delete,
-                owned_parts if drained else self._quiet(owned_parts, prev_tick_s))
+                user_rows, to_delete, self._quiet(owned_parts, prev_tick_s))
         # close marks go after the partials they cover: same producer, same partition order
         for skey, (mark, st, ret) in marks.items():
             topic, _, part = skey[2:].rpartition("|")

@@ -342,23 +342,6 @@ async def test_a_stream_that_stops_reaches_its_sessions_without_the_interval(
     assert loop.flusher.session_flush.pending == {}
 
 
-async def test_the_flush_after_a_drained_backlog_writes_the_waiting_sessions(
-    specs: Specs,
-) -> None:
-    """A drained backlog is flushed at once (BacklogWatch); its sessions go with that
-    flush, not a flush interval later with the first quiet one."""
-    clock = Clock(T0 / 1000 + 4 * 3600)
-    loop, send = await started(specs, clock, UPDATE_S)
-    events = [event("u1", "click", T0 + i * 1_000) for i in range(5)]
-    assert send(events) == []
-    clock.now += 0.2
-    await loop.tick(drained=True)
-    row = sessions(loop)[ident(T0)]
-    assert not row.final and row.values["count"] == 5
-    assert live(loop) == session_oracle(events, gap_ms=GAP_MS)
-    assert loop.flusher.session_flush.pending == {}
-
-
 async def test_a_session_never_turns_final_without_the_panes_that_wait(
     specs: Specs,
 ) -> None:

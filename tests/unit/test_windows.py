@@ -104,9 +104,9 @@ class Loop:
 
         return ack()
 
-    async def tick(self, drained: bool = False) -> None:
+    async def tick(self) -> None:
         assigned = {(t, p) for t in TOPICS for p in range(PARTS)}
-        await self.flusher.tick(assigned, drained=drained)
+        await self.flusher.tick(assigned)
         self.merger.tick({0})
 
 
