@@ -1,9 +1,9 @@
 """MySQL/MariaDB sink: idempotent upserts of absolute window values.
 
 ``INSERT … ON DUPLICATE KEY UPDATE col = VALUES(col)`` (MariaDB has no MySQL 8
-``AS new`` alias), one ``executemany`` per table and one transaction per batch, so a
-batch lands whole or not at all and replaying it changes nothing, not even
-``updated_at`` (one UTC timestamp per batch).  A final row is never overwritten by a
+``AS new`` alias), multi-row statements per table (``sql_values``) and one transaction
+per batch, so a batch lands whole or not at all and replaying it changes nothing, not
+even ``updated_at`` (one UTC timestamp per batch).  A final row is never overwritten by a
 non-final one: ``final`` is sticky and, once set, only another final row may change
 the values.
 
@@ -35,6 +35,7 @@ from collector.sinks.base import (
     SinkUnavailable,
 )
 from collector.sinks.rows import Row
+from collector.sinks.sql_values import WindowStarts, datetime_literal, statements, values_tuple
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,15 @@ _SQL_MODE: Final = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITU
 
 
 def upsert_sql(table: str, defn: Aggregate | None = None) -> str:
-    """The upsert of ``table``; assignments run left to right, so their order matters.
+    """The upsert of ``table`` with ``%s`` placeholders (one row)."""
+    prefix, holders, postfix = _upsert_parts(table, defn)
+    return f"{prefix}({holders}){postfix}"
+
+
+def _upsert_parts(table: str, defn: Aggregate | None = None) -> tuple[str, str, str]:
+    """``INSERT … VALUES ``, the placeholders and `` ON DUPLICATE …`` of ``table``.
+
+    Assignments run left to right, so their order matters.
 
     ``updated_at`` comes first (compares old with new values), the value columns next
     (``final`` is still the old one there), ``final`` last.  A configured aggregate's
@@ -77,15 +86,15 @@ def upsert_sql(table: str, defn: Aggregate | None = None) -> str:
     keys = tuple(quote(k) for k in defn.key_names)
     values = tuple(quote(v) for v in defn.value_columns)
     columns = ["window_start", "window_seconds", *keys, *values, "final", "updated_at"]
-    holders = ", ".join(["%s"] * len(columns))  # plain %s only: executemany batches rows
+    holders = ", ".join(["%s"] * len(columns))
     keep = "(final AND NOT VALUES(final))"
     same = " AND ".join(f"{col} <=> VALUES({col})" for col in values)
     updates = [f"updated_at = IF({keep} OR ({same} AND final >= VALUES(final)), "
                "updated_at, VALUES(updated_at))"]
     updates += [f"{col} = IF({keep}, {col}, VALUES({col}))" for col in values]
     updates.append("final = GREATEST(final, VALUES(final))")
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({holders}) "
-            f"ON DUPLICATE KEY UPDATE {', '.join(updates)}")
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", holders,
+            f" ON DUPLICATE KEY UPDATE {', '.join(updates)}")
 
 
 def _plain(name: str) -> str:
@@ -99,14 +108,18 @@ def _quoted(name: str) -> str:
 def row_params(row: Row, updated_at: datetime,
                aggregates: Mapping[str, Aggregate] = BY_NAME) -> tuple[Any, ...]:
     """Driver parameters of one row; ``KeyError``/``TypeError``/``ValueError`` if malformed."""
+    return (naive_utc(row.window_start_ms), *_middle_params(row, aggregates), updated_at)
+
+
+def _middle_params(row: Row, aggregates: Mapping[str, Aggregate]) -> tuple[Any, ...]:
+    """A row's parameters between ``window_start`` and ``updated_at``."""
     defn = aggregates.get(row.table)
     if defn is None or "mysql" not in defn.sinks:
         raise ValueError(f"unknown table {row.table!r}")
     values = defn.params(row.values)
     if len(row.key) != len(defn.keys):
         raise ValueError(f"{row.table} needs key {defn.key_names}, got {row.key!r}")
-    return (naive_utc(row.window_start_ms), row.window_seconds, *row.key, *values,
-            int(row.revision), row.final, updated_at)
+    return (row.window_seconds, *row.key, *values, int(row.revision), row.final)
 
 
 def classify(exc: BaseException) -> Exception:
@@ -146,8 +159,9 @@ class MySQLSink(Sink):
         self._pool = LazyPool(settings, autocommit=False, init_command=_SQL_MODE,
                               pool_recycle=300)
         self._aggregates = aggregates
-        self._statements = {name: upsert_sql(name, defn) for name, defn in aggregates.items()
-                            if "mysql" in defn.sinks}
+        self._statements = {name: _upsert_parts(name, defn)
+                            for name, defn in aggregates.items() if "mysql" in defn.sinks}
+        self._starts = WindowStarts()
 
     async def start(self) -> None:
         """Connect now if possible; the sink also starts while MySQL is down."""
@@ -161,14 +175,17 @@ class MySQLSink(Sink):
 
     async def write(self, batch: list[Row]) -> list[tuple[Row, str]]:
         refused: list[tuple[Row, str]] = []
-        groups: dict[str, list[tuple[Any, ...]]] = {}
+        groups: dict[str, list[bytes]] = {}
         now = datetime.now(UTC).replace(tzinfo=None)
-        updated_at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # DATETIME(3)
+        updated_at = datetime_literal(  # DATETIME(3): whole ms
+            now.replace(microsecond=now.microsecond // 1000 * 1000))
+        starts = self._starts
         for row in batch:
             try:
-                groups.setdefault(row.table, []).append(
-                    row_params(row, updated_at, self._aggregates))
-            except (KeyError, TypeError, ValueError) as exc:
+                groups.setdefault(row.table, []).append(values_tuple(
+                    starts(row.window_start_ms), _middle_params(row, self._aggregates),
+                    updated_at))
+            except (KeyError, TypeError, ValueError, pymysql.err.ProgrammingError) as exc:
                 refused.append((row, f"malformed {row.table} row: {exc!r}"))
         if not groups:
             return refused
@@ -179,8 +196,10 @@ class MySQLSink(Sink):
             try:
                 async with conn.cursor() as cur:
                     await conn.begin()
-                    for table, params in groups.items():
-                        await cur.executemany(self._statements[table], params)
+                    for table, rows in groups.items():
+                        prefix, _, postfix = self._statements[table]
+                        for statement in statements(prefix, postfix, rows):
+                            await cur.execute(statement)
                     await conn.commit()
             except BaseException:
                 conn.close()  # mid-transaction or broken: never reuse (discards the txn)

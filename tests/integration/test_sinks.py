@@ -150,6 +150,29 @@ async def test_mysql_upserts_exact_rows_replays_change_nothing_final_is_sticky(
         await sink.close()
 
 
+async def test_mysql_stores_hostile_strings_verbatim_and_long_batches_whole(
+    db: tuple[Settings, str],
+) -> None:
+    """The sink escapes values itself (``sql_values``): quotes, backslashes, NULs,
+    ``%`` and non-ASCII land as sent, and a batch larger than one statement lands whole."""
+    settings, p = db
+    hostile = ["it's", "back\\slash", "a\\'b", "nul\x00x", "new\nline", "%s %(x)s",
+               "'); DROP TABLE event_stats; --", "ünï ✓ 🚀", "\\", "''"]
+    sink = MySQLSink(settings.mysql, batch_size=20_000)
+    rows = [es(p, t, i + 1) for i, t in enumerate(hostile)]
+    many = [es(p, f"bulk-{i:05d}-" + "z" * 40, 1, minute=i % 7) for i in range(12_000)]
+    sink.add(rows + many)  # ~1.6 MB of VALUES: more than one statement of 1,024,000 bytes
+    try:
+        result = await sink.flush()
+        assert (result.written, result.rejected, result.pending) == (len(rows) + len(many), 0, 0)
+        stored = await dump(settings, p)
+        got = {r[3]: r[4] for r in stored["event_stats"]}
+        assert {t: got[t] for t in hostile} == {t: i + 1 for i, t in enumerate(hostile)}
+        assert len(got) == len(hostile) + len(many)
+    finally:
+        await sink.close()
+
+
 async def test_mysql_rejects_only_the_bad_rows(db: tuple[Settings, str]) -> None:
     settings, p = db
     rejected: list[tuple[Row, str]] = []
