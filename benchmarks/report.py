@@ -263,6 +263,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         sizes = "->".join(f"{p['n'] // 1000}k" for p in scaling.get("points", []))
         found.append({"name": f"scaling: CPU/event change {sizes} (%)", "goal": "within 10",
                       "measured": change, "met": abs(change) <= 10})
+    points = (scaling or {}).get("points") or []
+    if len(points) >= 2 and points[0].get("peak_rss_mb") and points[-1].get("peak_rss_mb"):
+        grew = 100 * (points[-1]["peak_rss_mb"] / points[0]["peak_rss_mb"] - 1)
+        sizes = "->".join(f"{p['n'] // 1000}k" for p in points)
+        found.append({"name": f"scaling: peak RSS change {sizes} (%)", "goal": "within 20",
+                      "measured": round(grew, 1), "met": abs(grew) <= 20})  # issue 17, part 5
     return found
 
 

@@ -111,6 +111,15 @@ def test_targets_and_render() -> None:
                      "scaling: CPU/event change 50k (%)": (12.0, False)}
     text = render(results)
     assert "2.25x" in text and "0.018x" in text
+    # issue 17, part 5: peak RSS from the smallest to the largest N, within 20%
+    results["scaling"]["points"] = [  # type: ignore[index]
+        {"n": 50_000, "cpu_us_per_event": 100.0, "peak_rss_mb": 221.0},
+        {"n": 500_000, "cpu_us_per_event": 94.0, "peak_rss_mb": 268.0}]
+    found = {t["name"]: (t["measured"], t["met"]) for t in targets(results)}
+    assert found["scaling: peak RSS change 50k->500k (%)"] == (21.3, False)
+    results["scaling"]["points"][1]["peak_rss_mb"] = 260.0  # type: ignore[index]
+    found = {t["name"]: (t["measured"], t["met"]) for t in targets(results)}
+    assert found["scaling: peak RSS change 50k->500k (%)"] == (17.6, True)
     assert "| single  | quix (repartition) " in text
     assert "flush tail s" in text and "µs/event vs quix" in text
 
