@@ -241,6 +241,7 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     ) -> dict[tuple[str, tuple[str, ...]], float]:
         stream, table, tp = Stream(), Table(), TP("collect.raw.web", 1)
         for offset in range(3):
+            monitor.track_tp_end_offset(tp, 10 + offset)  # type: ignore[arg-type]
             monitor.on_message_in(tp, offset, Message())  # type: ignore[arg-type]
             state = monitor.on_stream_event_in(tp, offset, stream, object())  # type: ignore[arg-type]
             monitor.on_table_get(table, "k")  # type: ignore[arg-type]
@@ -258,6 +259,8 @@ def test_cached_faust_monitor_exports_what_fausts_does() -> None:
     cached_monitor = monitor_for(registry)  # counts per message, publishes on collect
     assert drive(cached_monitor, registry) == plain
     assert plain[("faust_messages_received_total", ())] == 3
+    assert plain[("faust_topic_partition_end_offset",
+                  (("partition", "1"), ("topic", "collect.raw.web")))] == 12
     # a rebalance removes the per-partition series: cached children must not outlive them
     cached_monitor._clear_partition_related_metrics()
     cached_monitor.on_message_in(TP("collect.raw.web", 1), 7, Message())  # type: ignore[arg-type]
