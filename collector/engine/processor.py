@@ -368,8 +368,8 @@ class RawProcessor:
             event["segment"] = profile.segment
             event["country"] = profile.country
             event["plan"] = profile.plan
-            event["enrichment"] = outcome.value
-            outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+            name = event["enrichment"] = outcome.value  # an Enum's .value is a descriptor
+            outcomes[name] = outcomes.get(name, 0) + 1
             valid_by_source[source] = valid_by_source.get(source, 0) + 1
             result.enriched.append((record, event))
             if forward is not None:  # appended at once: see collector.adapters.output
