@@ -9,9 +9,9 @@ cached child would update a series nobody exports).
 
 The per-message updates (messages received, active messages, per topic and per
 partition, the partition's high watermark) were still locked Prometheus operations per
-message, about 5% of the
-worker's CPU with one event per message (issue 17): they are now counted in plain
-Python and published when the registry is collected (a scrape), see :func:`monitor_for`.
+message, about 5% of the worker's CPU with one event per message (issue 17): they are
+now counted in plain Python and published when the registry is collected (a scrape),
+see :func:`monitor_for`.
 """
 
 from __future__ import annotations

@@ -14,15 +14,16 @@ Strings use backslash escaping, which is right because the sink's sessions set a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from pymysql.converters import escape_bytes_prefixed, escape_float, escape_item, escape_string
 
+from collector.aggregates.definition import naive_utc
+
 #: aiomysql's ``Cursor.max_stmt_length``: a statement is cut into pieces below this size
 MAX_STATEMENT_BYTES: Final = 1_024_000
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _CACHE_MAX: Final = 4096
 
 
@@ -62,8 +63,7 @@ class WindowStarts:
         if got is None:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
-            moment = (_EPOCH + timedelta(milliseconds=ms)).replace(tzinfo=None)
-            got = self._cache[ms] = datetime_literal(moment)
+            got = self._cache[ms] = datetime_literal(naive_utc(ms))
         return got
 
 
