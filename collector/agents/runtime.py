@@ -270,7 +270,13 @@ class Runtime(mode.Service):
 
     @mode.Service.task
     async def _sink_loop(self) -> None:
-        await self.sinks.run()
+        await self.sinks.run(after_flush=self._after_sink_flush)
+
+    def _after_sink_flush(self) -> None:
+        """Resume as soon as the sinks drained below the threshold: while paused no raw
+        batch arrives to check, and the next window flush may be an interval away."""
+        if self.backpressure.engaged:
+            self.apply_backpressure()
 
     def totals(self) -> Totals:
         return totals_of(self.metrics, time.time())

@@ -67,11 +67,13 @@ class SinkHub:
                 out[sink.name] = result
         return out
 
-    async def run(self) -> None:
+    async def run(self, after_flush: Callable[[], None] | None = None) -> None:
         """Flush as soon as rows arrive (at least every ``interval``) until cancelled.
 
         A flush that is running when rows arrive is followed by another one at once; a
         failing sink's flush lasts up to ``flush_timeout``, which bounds the retry rate.
+        ``after_flush`` runs after each one: a worker paused for the sinks resumes when
+        they drain, not at its next window flush.
         """
         while True:
             try:
@@ -81,6 +83,11 @@ class SinkHub:
             self._wake.clear()
             result = await self.flush_once()
             log.debug("sink flush: %s", result)
+            if after_flush is not None:
+                try:
+                    after_flush()
+                except Exception:
+                    log.exception("after-flush callback failed")
 
     def health(self) -> dict[str, Any]:
         return {sink.name: sink.health() for sink in self.sinks}
