@@ -52,7 +52,8 @@ def mark(pid: int) -> Mark:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Sum every collector counter by name, and by name plus ``sink`` label."""
+    """Sum every collector counter by name, and by name plus ``sink`` (or ``trigger``)
+    label."""
     totals: dict[str, float] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -62,9 +63,9 @@ def parse_metrics(text: str) -> dict[str, float]:
         if name.endswith("_created"):
             continue
         totals[name] = totals.get(name, 0.0) + value
-        sink = re.search(r'sink="([^"]+)"', labels)
-        if sink:
-            key = f"{name}:{sink.group(1)}"
+        by = re.search(r'(?:sink|trigger)="([^"]+)"', labels)
+        if by:
+            key = f"{name}:{by.group(1)}"
             totals[key] = totals.get(key, 0.0) + value
     return totals
 
@@ -349,5 +350,7 @@ class PipelineWorker:
             "sink_rows": {k.split(":", 1)[1]: v for k, v in m.items()
                           if k.startswith("collector_sink_rows_written:")},
             "sink_failed": m.get("collector_sink_rows_failed", 0.0),
+            "flushes": {k.split(":", 1)[1]: v for k, v in m.items()
+                        if k.startswith("collector_window_flushes:")},
         }
         return result

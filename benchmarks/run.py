@@ -184,6 +184,9 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
             lat["mode"] = mode
             lat["max_events_per_s"] = max_eps
             lat["load_share"] = args.latency_load
+            # the worker's flush cycles so far, by trigger (pipeline run included)
+            lat["flushes"] = {k.split(":", 1)[1]: v for k, v in (await worker.metrics()).items()
+                              if k.startswith("collector_window_flushes:")}
             result["latency"] = lat
             log(f"{mode}: latency p50 {lat['p50_s']}s p99 {lat['p99_s']}s")
     except Exception as exc:

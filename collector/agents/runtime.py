@@ -32,6 +32,7 @@ from collector.engine.delivery import ProduceHealth
 from collector.engine.flusher import BacklogWatch, Flusher
 from collector.engine.merger import Merger
 from collector.engine.processor import RawProcessor
+from collector.engine.quiet import QuietFollowUp
 from collector.engine.rejected import RejectedRows
 from collector.engine.sessions import KIND as SESSIONS_KIND
 from collector.engine.sessions import SEP as SESSIONS_SEP
@@ -141,6 +142,10 @@ class Runtime(mode.Service):
         #: one flush at a time: the timer and the flush after a drained backlog
         self._flush_lock = asyncio.Lock()
         self.backlog = BacklogWatch(settings.windows.flush_after_backlog_seconds)
+        quiet_s = windows.quiet_flush_seconds
+        self.quiet = QuietFollowUp(quiet_s if quiet_s < windows.flush_interval_seconds else 0.0,
+                                   self.flusher.waiting_quiet,
+                                   lambda: self.flush_windows("quiet"))
         self.backpressure = Backpressure(settings.sinks.max_pending_rows,
                                          settings.sinks.resume_fraction)
 
@@ -170,10 +175,12 @@ class Runtime(mode.Service):
     def ready_for_flush(self) -> bool:
         return not (self.app.rebalancing or self.app.in_recovery or self.fenced())
 
-    async def flush_windows(self) -> dict[str, Any]:
-        """One flush cycle: combiner side, then the merge."""
+    async def flush_windows(self, trigger: str = "timer") -> dict[str, Any]:
+        """One flush cycle: combiner side, then the merge.  ``trigger``: timer, backlog
+        (a drained backlog) or quiet (engine/quiet.py)."""
         if not self.ready_for_flush():
             return {"skipped": "rebalancing or recovering"}
+        self.metrics.window_flushes.labels(trigger).inc()
         kafka = self.settings.kafka
         async with self._flush_lock:
             combined = await self.flusher.tick(self.owned(kafka.raw_topics))
@@ -181,6 +188,7 @@ class Runtime(mode.Service):
             await self.window_state.submit()
             await self.merger_state.submit()
         self.apply_backpressure()
+        self.quiet.after_flush(self.flusher.sessions_waiting(), self.add_future)
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         return {"combiner": combined, "merger": merged}
 
@@ -239,7 +247,7 @@ class Runtime(mode.Service):
 
     async def _flush_quietly(self) -> None:
         try:
-            await self.flush_windows()
+            await self.flush_windows("backlog")
         except Exception:
             log.exception("flush after a drained backlog failed; the timer retries")
 

@@ -204,8 +204,8 @@ class WindowSettings(_Section):
     session_update_seconds: float = Field(
         default=60.0, ge=0,
         description="How often an open session's user_sessions row is rewritten while "
-        "events keep coming (0: every flush); once its partition takes no event for a "
-        "flush interval it is written at the next flush, and a session that ends is "
+        "events keep coming (0: every flush); once its partition takes no event it is "
+        "written by the next flush (windows.quiet_flush_seconds), and a session that ends is "
         "written at once and the query API always shows the latest.",
     )
     hopping_size_seconds: int = Field(default=300, ge=1, description="segment_stats size.")
@@ -234,6 +234,13 @@ class WindowSettings(_Section):
         default=1.0, ge=0,
         description="Flush at once when a backlog that lasted at least this long is "
         "drained, instead of waiting for the next tick (0: only ticks).",
+    )
+    quiet_flush_seconds: float = Field(
+        default=1.0, ge=0,
+        description="A flush that leaves sessions updates waiting is followed by one more "
+        "this long after it if their partition took no event in between, so the last "
+        "events of a stream reach user_sessions about this long after the other tables, "
+        "not a flush interval later (0, or not below flush_interval_seconds: off).",
     )
     expires_seconds: int = Field(
         default=7200, ge=60,

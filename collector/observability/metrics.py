@@ -61,6 +61,11 @@ class Metrics:
         self.window_closes = Counter(
             "window_closes", "Windows closed", ["table"], namespace=ns, registry=registry
         )
+        self.window_flushes = Counter(
+            "window_flushes", "Flush cycles run, by what started them (timer; backlog: a "
+            "drained backlog; quiet: the follow-up after the last events)", ["trigger"],
+            namespace=ns, registry=registry,
+        )
         self.late_events = Counter(
             "late_events", "Events past their window's allowed lateness", ["table"],
             namespace=ns, registry=registry,

@@ -107,8 +107,10 @@ async def test_configured_session_aggregate_end_to_end(
     name = f"purchase_sessions_{tag}"
     # flushes 5 s apart: an open session's row is written by the first flush that finds
     # its partition quiet, so the live answer below has a flush interval to be seen
-    # before the row exists (at 0.5 s the two would race)
-    env = {**window_env(tmp_path, tag), "COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS": "5"}
+    # before the row exists (at 0.5 s the two would race; so would the quiet follow-up
+    # flush a second after it, switched off here)
+    env = {**window_env(tmp_path, tag), "COLLECTOR_WINDOWS__FLUSH_INTERVAL_SECONDS": "5",
+           "COLLECTOR_WINDOWS__QUIET_FLUSH_SECONDS": "0"}
     prefix = f"COLLECTOR_AGGREGATES__{name.upper()}__"
     env.update({prefix + "WINDOW": "session", prefix + "GAP_SECONDS": str(GAP_S),
                 prefix + "MEASURES": "count,sum(properties.amount),distinct(type)"})

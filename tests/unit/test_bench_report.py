@@ -54,12 +54,14 @@ def test_parse_metrics_sums_labels_and_sinks() -> None:
         'collector_events_consumed_created{source="b"} 1.7e9',
         'collector_sink_rows_written_total{sink="mysql"} 10.0',
         'collector_sink_rows_written_total{sink="influxdb"} 2.0',
+        'collector_window_flushes_total{trigger="quiet"} 1.0',
         "other_metric 5",
     ])
     m = parse_metrics(text)
     assert m["collector_events_consumed"] == 7
     assert m["collector_sink_rows_written"] == 12
     assert m["collector_sink_rows_written:mysql"] == 10
+    assert m["collector_window_flushes:quiet"] == 1
     assert "other_metric" not in m
 
 

@@ -411,3 +411,49 @@ async def test_replayed_data_is_not_kept_waiting(specs: Specs) -> None:
     assert live(loop) == session_oracle(events, gap_ms=GAP_MS)
     assert all(r.final for k, r in sessions(loop).items() if k[3] == ("u1",))
     assert (0, "u2") in loop.flusher.session_flush.pending  # its session may go on
+
+
+async def test_a_follow_up_flush_writes_a_stopped_streams_sessions_before_the_next_tick(
+    specs: Specs,
+) -> None:
+    """The flush right after the last events writes the other tables; the sessions they
+    left waiting came a whole flush interval later (the bench's flush tail, 4.5-6.2 s).
+    ``QuietFollowUp`` flushes once more shortly after, if no event came in between."""
+    import asyncio
+
+    from collector.engine.quiet import QuietFollowUp
+
+    clock = Clock(T0 / 1000 + 4 * 3600)
+    loop, send = await started(specs, clock, UPDATE_S)
+    follow = QuietFollowUp(0.001, loop.flusher.waiting_quiet, loop.tick)
+    checks: list[asyncio.Future[Any]] = []
+
+    def spawn(check: Any) -> None:
+        checks.append(asyncio.ensure_future(check))
+
+    assert send([event("u1", "click", T0)]) == []
+    clock.now += 5
+    await loop.tick()
+    assert ident(T0) not in loop.rows and loop.flusher.sessions_waiting()
+    clock.now += 0.5
+    assert send([event("u1", "view", T0 + 1_000)]) == []  # events keep coming
+    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
+    follow.after_flush(loop.flusher.sessions_waiting(), spawn)  # one check at a time
+    assert len(checks) == 1
+    await checks[0]
+    assert follow.flushes == 0 and ident(T0) not in loop.rows  # the interval spaces them
+    clock.now += 4.5
+    await loop.tick()  # the flush right after the last event: the other tables
+    assert ident(T0) not in loop.rows
+    loop.flusher.caught_up = lambda topic, partition: False
+    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
+    await checks[1]  # no event, but a backlog the fetches skipped: not quiet
+    assert follow.flushes == 0 and ident(T0) not in loop.rows
+    loop.flusher.caught_up = lambda topic, partition: True
+    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
+    await checks[2]  # nothing came since, nothing to fetch: one more flush, not the tick
+    assert follow.flushes == 1 and not follow.armed
+    assert sessions(loop)[ident(T0)].values["count"] == 2
+    assert not loop.flusher.sessions_waiting()
+    follow.after_flush(loop.flusher.sessions_waiting(), spawn)  # nothing waits: no check
+    assert len(checks) == 3
