@@ -188,7 +188,8 @@ class Runtime(mode.Service):
             await self.window_state.submit()
             await self.merger_state.submit()
         self.apply_backpressure()
-        self.quiet.after_flush(self.flusher.sessions_waiting(), self.add_future)
+        self.quiet.after_flush(self.flusher.sessions_waiting(), self.flusher.last_tick_s,
+                               self.add_future)
         self.metrics.window_closes.labels("partials").inc(combined["final_partials"])
         return {"combiner": combined, "merger": merged}
 

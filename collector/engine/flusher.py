@@ -282,13 +282,18 @@ class Flusher:
         """Whether users' panes wait for their sessions entry (engine/quiet.py)."""
         return bool(self.sessions and self.session_flush.pending)
 
-    def waiting_quiet(self) -> bool:
-        """Whether a partition with waiting users took no event since the last tick and
-        has none waiting to be fetched: while a backlog is consumed the fetches skip
+    @property
+    def last_tick_s(self) -> float:
+        """When the latest tick began (wall clock; 0 before the first)."""
+        return self._prev_tick_s or 0.0
+
+    def waiting_quiet(self, since: float) -> bool:
+        """Whether a partition with waiting users took no event since ``since`` and has
+        none waiting to be fetched: while a backlog is consumed the fetches skip
         partitions for seconds (a 100k bench lost a fifth of its rate to such flushes)."""
         parts = {partition for partition, _ in self.session_flush.pending}
         return any(all(self.caught_up(t, p) for t in self.raw_topics)
-                   for p in self._quiet(parts, self._prev_tick_s))
+                   for p in self._quiet(parts, since))
 
     def _quiet(self, partitions: Collection[int], since: float | None) -> set[int]:
         """The partitions none of whose raw slots took an event since ``since``."""

@@ -31,23 +31,29 @@ class QuietFollowUp:
     """At most one armed check at a time; ``delay_s`` 0 turns it off."""
 
     delay_s: float
-    #: did a partition with waiting users take no event since the last flush started?
-    is_quiet: Callable[[], bool]
+    #: did a partition with waiting users take no event since this time (the arming
+    #: flush's start, wall clock)?
+    is_quiet: Callable[[float], bool]
     flush: Callable[[], Awaitable[Any]]
     armed: bool = False
     #: follow-up flushes run (the checks that found events are not counted)
     flushes: int = 0
 
-    def after_flush(self, waiting: bool, spawn: Callable[[Awaitable[Any]], Any]) -> None:
-        """Called after every flush: ``waiting`` says whether users wait for sessions."""
+    def after_flush(self, waiting: bool, since: float,
+                    spawn: Callable[[Awaitable[Any]], Any]) -> None:
+        """Called after every flush: ``waiting`` says whether users wait for sessions,
+        ``since`` is when that flush began.  The check asks about that whole span, not
+        about the time since the latest flush: a timer tick during the delay left a
+        window of a tenth of a second, which a busy worker's batches often miss (5
+        spurious follow-ups a minute at 50% load)."""
         if self.delay_s > 0 and waiting and not self.armed:
             self.armed = True  # also while its own flush runs: that one does not re-arm
-            spawn(self._check())
+            spawn(self._check(since))
 
-    async def _check(self) -> None:
+    async def _check(self, since: float) -> None:
         try:
             await asyncio.sleep(self.delay_s)
-            if self.is_quiet():
+            if self.is_quiet(since):
                 self.flushes += 1
                 await self.flush()
         except Exception:  # the timer's next tick writes them instead

@@ -425,35 +425,42 @@ async def test_a_follow_up_flush_writes_a_stopped_streams_sessions_before_the_ne
 
     clock = Clock(T0 / 1000 + 4 * 3600)
     loop, send = await started(specs, clock, UPDATE_S)
-    follow = QuietFollowUp(0.001, loop.flusher.waiting_quiet, loop.tick)
+    follow = QuietFollowUp(0.05, loop.flusher.waiting_quiet, loop.tick)
     checks: list[asyncio.Future[Any]] = []
 
     def spawn(check: Any) -> None:
         checks.append(asyncio.ensure_future(check))
 
+    def after_flush() -> None:
+        follow.after_flush(loop.flusher.sessions_waiting(), loop.flusher.last_tick_s, spawn)
+
     assert send([event("u1", "click", T0)]) == []
     clock.now += 5
     await loop.tick()
     assert ident(T0) not in loop.rows and loop.flusher.sessions_waiting()
+    after_flush()
+    after_flush()  # one check at a time
+    assert len(checks) == 1
     clock.now += 0.5
     assert send([event("u1", "view", T0 + 1_000)]) == []  # events keep coming
-    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
-    follow.after_flush(loop.flusher.sessions_waiting(), spawn)  # one check at a time
-    assert len(checks) == 1
+    clock.now += 0.4
+    await loop.tick()  # a tick during the delay: the check still asks about its whole span
     await checks[0]
     assert follow.flushes == 0 and ident(T0) not in loop.rows  # the interval spaces them
+    clock.now += 0.1
+    assert send([event("u1", "view", T0 + 2_000)]) == []  # the last event
     clock.now += 4.5
     await loop.tick()  # the flush right after the last event: the other tables
     assert ident(T0) not in loop.rows
     loop.flusher.caught_up = lambda topic, partition: False
-    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
+    after_flush()
     await checks[1]  # no event, but a backlog the fetches skipped: not quiet
     assert follow.flushes == 0 and ident(T0) not in loop.rows
     loop.flusher.caught_up = lambda topic, partition: True
-    follow.after_flush(loop.flusher.sessions_waiting(), spawn)
+    after_flush()
     await checks[2]  # nothing came since, nothing to fetch: one more flush, not the tick
     assert follow.flushes == 1 and not follow.armed
-    assert sessions(loop)[ident(T0)].values["count"] == 2
+    assert sessions(loop)[ident(T0)].values["count"] == 3
     assert not loop.flusher.sessions_waiting()
-    follow.after_flush(loop.flusher.sessions_waiting(), spawn)  # nothing waits: no check
+    after_flush()  # nothing waits: no check
     assert len(checks) == 3
