@@ -38,6 +38,8 @@ class QuietFollowUp:
     armed: bool = False
     #: follow-up flushes run (the checks that found events are not counted)
     flushes: int = 0
+    #: start of a flush that ran while a check was armed: checked next if that one fails
+    _later: float | None = None
 
     def after_flush(self, waiting: bool, since: float,
                     spawn: Callable[[Awaitable[Any]], Any]) -> None:
@@ -45,18 +47,29 @@ class QuietFollowUp:
         ``since`` is when that flush began.  The check asks about that whole span, not
         about the time since the latest flush: a timer tick during the delay left a
         window of a tenth of a second, which a busy worker's batches often miss (5
-        spurious follow-ups a minute at 50% load)."""
-        if self.delay_s > 0 and waiting and not self.armed:
-            self.armed = True  # also while its own flush runs: that one does not re-arm
-            spawn(self._check(since))
+        spurious follow-ups a minute at 50% load).  A flush during the delay is checked
+        after it, if the first check found events: its own span may be the quiet one."""
+        if self.delay_s <= 0 or not waiting:
+            return
+        if self.armed:
+            self._later = since
+            return
+        self.armed = True  # also while its own flush runs: that one does not re-arm
+        spawn(self._check(since))
 
     async def _check(self, since: float) -> None:
         try:
-            await asyncio.sleep(self.delay_s)
-            if self.is_quiet(since):
-                self.flushes += 1
-                await self.flush()
+            while True:
+                await asyncio.sleep(self.delay_s)
+                if self.is_quiet(since):
+                    self.flushes += 1
+                    await self.flush()
+                    break
+                if self._later is None:
+                    break
+                since, self._later = self._later, None
         except Exception:  # the timer's next tick writes them instead
             log.exception("quiet follow-up flush failed")
         finally:
             self.armed = False
+            self._later = None
