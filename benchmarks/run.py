@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.ceiling import run_ceiling
+from benchmarks.cleanup import drop_runs
 from benchmarks.common import (
     ROOT,
     code_version,
@@ -44,6 +45,7 @@ from benchmarks.pipeline import (
     warm_cache,
 )
 from benchmarks.profile import Profiler
+from collector.config import Settings
 
 MODES = {"single": 1, "batch50": 50}
 
@@ -86,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy the pipeline worker for up to SECONDS of its measurement")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--keep-runs", action="store_true",
+                   help="keep each run's topics, Influx database and event_stats rows, and "
+                   "earlier runs' leftovers (default: dropped, benchmarks/cleanup.py)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="state dirs and worker logs (default .local/bench/<timestamp>)")
     return p.parse_args(argv)
@@ -196,8 +201,20 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         await worker.stop()
     shutil.rmtree(workdir / "faust", ignore_errors=True)
     shutil.rmtree(workdir / "reference-data", ignore_errors=True)
+    if not args.keep_runs:
+        await drop_run(settings, tag)
     result["ratios"] = report.mode_ratios(result)
     return result
+
+
+async def drop_run(settings: Settings, tag: str) -> None:
+    """Drop one run's topics, Influx database and rows; a failure is logged, not raised
+    (the measurements are taken by then)."""
+    try:
+        dropped = await drop_runs(settings, {tag})
+        log(f"dropped {tag}: {dropped}")
+    except Exception as exc:
+        log(f"dropping {tag} FAILED (the next run retries): {exc!r}"[:500])
 
 
 def change_pct(points: list[dict[str, Any]], key: str) -> float | None:
@@ -227,6 +244,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return results
     prepare_stack(args.users)
     results["params"]["partitions"] = settings_for({}).kafka.partitions
+    if not args.keep_runs:  # every run finds the stack as clean as the first
+        log(f"dropped earlier runs' leftovers: {await drop_runs(settings_for({}), None)}")
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
         if mode not in MODES:
