@@ -127,8 +127,7 @@ def test_sasl_and_ssl_reach_faust_credentials() -> None:
     opts = faust_options(load_settings(app={"store": "memory"}))
     assert opts["store"] == "memory://"
     assert opts["broker"] == ["kafka://127.0.0.1:19092"]
-    # the worker batches its records itself: a linger would only delay each batch's send
-    assert opts["producer_linger"] == 0
+    assert opts["producer_linger"] > 0  # linger 0 costs a request per changelog write
 
 
 def test_configuration_doc_matches_the_model() -> None:
