@@ -3,7 +3,7 @@
 Each run makes its own topics under its tag (raw, outputs, Faust's changelogs and
 assignor, the Quix peer's repartition and changelog topics), an InfluxDB database and
 ``event_stats`` rows for its tagged sources.  Nothing removed them: on 2026-12-07 the
-local broker held 1,945 bench topics in 55 GB of log segments and influxd 190 bench
+local broker held 1,996 bench topics in 55 GB of log segments and influxd 190 bench
 databases in 1 GB (2 GB RSS), and every later run shared the machine with that (the
 numbers in docs/benchmarks.md, fifteenth round).  A run now drops its own at its end,
 and ``run`` drops the leftovers of earlier runs before it starts, so each run finds the
