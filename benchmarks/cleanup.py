@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Collection
+from typing import Any
 
 import aiohttp
 from aiokafka.admin import AIOKafkaAdminClient
@@ -23,8 +24,12 @@ from collector.config import Settings
 from collector.db import connect
 from collector.kafka.clients import client_kwargs
 
-#: a bench tag where a topic name has it: at the start, or after Quix's ``--``
-TOPIC_TAG = re.compile(r"(?:^|--)(b[0-9a-f]{8})[.-]")
+#: a bench tag where a topic name has it: at the start (the run's and its reference
+#: peer's topics), or after Quix's ``--`` (``repartition__quix…--<tag>.raw…``) or
+#: ``--repartition.`` (``changelog__quix…--repartition.<tag>.raw…``)
+TOPIC_TAG = re.compile(r"(?:^|--(?:repartition\.)?)(b[0-9a-f]{8})[.-]")
+#: Kafka's UNKNOWN_TOPIC_OR_PARTITION: already gone is dropped
+UNKNOWN_TOPIC = 3
 DATABASE_TAG = re.compile(r"^(b[0-9a-f]{8})db$")
 SOURCES = ("m", "w", "o")  # benchmarks.common.isolated_env's sources, after the tag
 #: topics per delete request (the broker answers each request within its timeout)
@@ -50,27 +55,37 @@ async def _drop_topics(settings: Settings, tags: Collection[str] | None) -> int:
     await admin.start()
     try:
         names = sorted(t for t in await admin.list_topics() if tagged(t, TOPIC_TAG, tags))
+        failed: list[tuple[str, int]] = []
         for at in range(0, len(names), CHUNK):
-            await admin.delete_topics(names[at:at + CHUNK], timeout_ms=120_000)
+            response = await admin.delete_topics(names[at:at + CHUNK], timeout_ms=120_000)
+            failed += [(name, code) for name, code, *_ in response.topic_error_codes
+                       if code not in (0, UNKNOWN_TOPIC)]
+        if failed:  # aiokafka returns per-topic errors instead of raising them
+            raise RuntimeError(f"{len(failed)} topics not deleted, e.g. {failed[:3]}")
         return len(names)
     finally:
         await admin.close()
 
 
-async def _influx(settings: Settings, session: aiohttp.ClientSession, q: str) -> object:
+async def _influx(settings: Settings, session: aiohttp.ClientSession, q: str) -> Any:
     async with session.post(
         f"{settings.influx.url}/query", data=urllib.parse.urlencode({"q": q}),
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     ) as resp:
         if resp.status != 200:
             raise RuntimeError(f"influx {q!r}: {resp.status} {await resp.text()}")
-        return await resp.json()
+        body = await resp.json(content_type=None)
+    # InfluxDB 1.x answers a failed statement with 200 and an "error" in its result
+    errors = [r["error"] for r in body.get("results", []) if "error" in r]
+    if "error" in body or errors:
+        raise RuntimeError(f"influx {q!r}: {body.get('error') or errors[0]}")
+    return body
 
 
 async def _drop_databases(settings: Settings, tags: Collection[str] | None) -> int:
     async with aiohttp.ClientSession() as session:
         shown = await _influx(settings, session, "SHOW DATABASES")
-        series = shown["results"][0].get("series", [])  # type: ignore[index]
+        series = shown["results"][0].get("series", [])
         names = [v[0] for s in series for v in s.get("values", [])]
         dropped = [n for n in names if tagged(n, DATABASE_TAG, tags)]
         for name in dropped:

@@ -139,7 +139,8 @@ async def run_reference(settings: Settings, messages: int, events: int, workdir:
                         limit_s: float = 900.0) -> dict[str, Any]:
     status = workdir / "reference-status.json"
     env = {
-        "BENCH_REF_ID": new_tag("ref"),
+        # under the run's tag, so that the run's cleanup finds its topics
+        "BENCH_REF_ID": f"{settings.app.id}-ref",
         "BENCH_REF_BROKER": ";".join(f"kafka://{s}" for s in settings.kafka.bootstrap_servers),
         "BENCH_REF_TOPICS": ",".join(settings.kafka.raw_topics),
         "BENCH_REF_PREFIX": settings.kafka.raw_topic_prefix,

@@ -105,8 +105,19 @@ def prepare_stack(users: int) -> None:
 
 async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
                    pipeline_only: bool = False, latency: bool = False) -> dict[str, Any]:
-    batch = MODES[mode]
+    """One mode's run under a new tag, whose topics, database and rows are dropped at
+    its end, however it ends (``--keep-runs`` keeps them)."""
     tag = new_tag()
+    try:
+        return await _run_mode(args, mode, n, workdir, tag, pipeline_only, latency)
+    finally:
+        if not args.keep_runs:
+            await drop_run(settings_for({}), tag)
+
+
+async def _run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path, tag: str,
+                    pipeline_only: bool, latency: bool) -> dict[str, Any]:
+    batch = MODES[mode]
     workdir = workdir / f"{mode}-{n}-{tag}"
     env = isolated_env(tag, workdir)
     settings = settings_for(env)
@@ -201,20 +212,19 @@ async def run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path,
         await worker.stop()
     shutil.rmtree(workdir / "faust", ignore_errors=True)
     shutil.rmtree(workdir / "reference-data", ignore_errors=True)
-    if not args.keep_runs:
-        await drop_run(settings, tag)
     result["ratios"] = report.mode_ratios(result)
     return result
 
 
-async def drop_run(settings: Settings, tag: str) -> None:
-    """Drop one run's topics, Influx database and rows; a failure is logged, not raised
-    (the measurements are taken by then)."""
+async def drop_run(settings: Settings, tag: str | None) -> None:
+    """Drop one run's topics, Influx database and rows (None: every earlier run's, which
+    assumes no other bench uses this stack now); a failure is logged, not raised."""
+    what = tag or "earlier runs' leftovers"
     try:
-        dropped = await drop_runs(settings, {tag})
-        log(f"dropped {tag}: {dropped}")
+        dropped = await drop_runs(settings, None if tag is None else {tag})
+        log(f"dropped {what}: {dropped}")
     except Exception as exc:
-        log(f"dropping {tag} FAILED (the next run retries): {exc!r}"[:500])
+        log(f"dropping {what} FAILED (the next bench retries): {exc!r}"[:500])
 
 
 def change_pct(points: list[dict[str, Any]], key: str) -> float | None:
@@ -245,7 +255,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     prepare_stack(args.users)
     results["params"]["partitions"] = settings_for({}).kafka.partitions
     if not args.keep_runs:  # every run finds the stack as clean as the first
-        log(f"dropped earlier runs' leftovers: {await drop_runs(settings_for({}), None)}")
+        await drop_run(settings_for({}), None)
     modes = [m for m in args.modes.split(",") if m]
     for mode in modes:
         if mode not in MODES:

@@ -115,7 +115,8 @@ async def trail(settings: Settings, wrong: list[str]) -> None:
     dead = await read_until(settings, [settings.kafka.deadletter_topic], lambda r: False, 2.0)
     print(f"\n[zombie] {len(dead)} dead letters: "
           + "; ".join(r.value[:300].decode(errors="replace") for r in dead[:10]))
-    windows = {(w.split("'")[1], w.split(", ")[1]) for w in wrong[:4] if w.startswith("('")}
+    # "('table', ws, ...): ..." or "missing ('table', ws, ...)" or "unexpected (...)"
+    windows = {(w.split("'")[1], w.split(", ")[1]) for w in wrong[:6] if "('" in w}
     topics = [settings.kafka.partials_topic, f"{settings.app.id}-{MERGED_TABLE}-changelog"]
     for record in await read_until(settings, topics, lambda r: False, 3.0):
         key = (record.key or b"").decode(errors="replace").strip('"')
@@ -199,8 +200,11 @@ async def test_a_frozen_worker_holds_back_until_it_rejoins_and_rows_end_exact(
         zombie.proc.send_signal(signal.SIGCONT)
     over, wrong = over_counts(rows, expected)
     if wrong or any(over.values()):  # rare in CI (one run in about 15): show what led to it
-        await status(zombie, other)
-        await trail(settings, wrong)
+        try:
+            await status(zombie, other)
+            await trail(settings, wrong)
+        except Exception as exc:  # the diagnosis must not hide the failure below
+            print(f"\n[zombie] diagnosis failed: {exc!r}", flush=True)
     print(f"\n[zombie] frozen {marks['thawed'] - marks['frozen']:.1f}s (session {SESSION_S}s); "
           f"{len(events)} events; {watch.samples} samples of {len(watch.last)} rows, "
           f"{len(watch.moves)} moves backwards; over-count {over}", flush=True)

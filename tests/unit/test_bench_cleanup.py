@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.cleanup import DATABASE_TAG, TOPIC_TAG, tagged
@@ -14,11 +16,17 @@ OURS = [
     f"{TAG}-collector-state-changelog", f"{TAG}-__assignor-__leader",
     f"repartition__quixdf104069--{TAG}.raw.{TAG}o--source_type",
     f"changelog__quixdf104069--{TAG}.raw.{TAG}w--tumbling_window_60000_count",
+    # the Quix peer's window changelog with its default group_by (a repartition topic)
+    f"changelog__quix1e461bf7--repartition.{TAG}.raw.{TAG}m.source_type"
+    "--tumbling_window_60000_count",
+    # the reference peer (benchmarks/pipeline.py run_reference: app id <tag>-ref)
+    f"{TAG}-ref-counts-changelog", f"{TAG}-ref-__assignor-__leader",
 ]
 NOT_BENCH = [
     "__consumer_offsets", "t0cb0712b14.raw.zf9db358da", "collect.raw.mobile",
     "collect.enriched", "cb0123abcd.raw.x",  # a tag inside another name is not one
     "b0123abc.raw.x",  # 7 hex
+    f"changelog__quix1--repartitions.{TAG}.raw.x",  # not Quix's repartition prefix
 ]
 
 
@@ -46,3 +54,28 @@ def test_new_tags_match_the_patterns() -> None:
     tag = new_tag()
     assert tagged(f"{tag}.raw.{tag}m", TOPIC_TAG, {tag})
     assert tagged(f"{tag}db", DATABASE_TAG, {tag})
+
+
+async def test_a_run_is_dropped_however_it_ends(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """benchmarks.run.run_mode drops its tag after a run that raised, and keeps it with
+    --keep-runs."""
+    from benchmarks import run
+
+    dropped: list[str | None] = []
+
+    async def broken(*args: object) -> dict[str, object]:
+        raise RuntimeError("the producer failed")
+
+    async def drop(settings: object, tag: str | None) -> None:
+        dropped.append(tag)
+
+    monkeypatch.setattr(run, "_run_mode", broken)
+    monkeypatch.setattr(run, "drop_run", drop)
+    with pytest.raises(RuntimeError, match="producer failed"):
+        await run.run_mode(run.parse_args([]), "single", 10, tmp_path)
+    assert len(dropped) == 1 and dropped[0] is not None and tagged(
+        f"{dropped[0]}.raw.x", TOPIC_TAG, None)
+    with pytest.raises(RuntimeError):
+        await run.run_mode(run.parse_args(["--keep-runs"]), "single", 10, tmp_path)
+    assert len(dropped) == 1

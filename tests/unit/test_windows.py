@@ -407,10 +407,11 @@ def test_by_default_a_stall_as_long_as_a_flush_sets_off_no_flush() -> None:
     catches up after; with a 1 s threshold that set off a backlog flush, which held it
     up again: 14-17 extra flushes a minute in the bench's latency phase, p99 11.7-13.4 s
     against 8.7-9.2 s without them (docs/benchmarks.md, fifteenth round)."""
-    from collector.config import Settings
+    from collector.config.settings import WindowSettings
     from collector.engine.flusher import BacklogWatch
 
-    watch = BacklogWatch(Settings().windows.flush_after_backlog_seconds)
+    default = WindowSettings.model_fields["flush_after_backlog_seconds"].default
+    watch = BacklogWatch(default)
     for start in range(0, 60, 5):  # behind for 2 s after every 5 s tick
         assert not watch.drained(False, True, float(start))
         assert not watch.drained(False, True, start + 1.0)
