@@ -181,9 +181,9 @@ PINS: list[Pin] = [
         _consumer_offsets),
     Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
     Pin("faust Consumer._unacked_messages/_on_message_in/_commit_every/_n_acked/_stopped",
-        "adapters/transport.py", _consumer_internals),
+        "adapters/transport.py, adapters/direct.py", _consumer_internals),
     Pin("faust Consumer._paused_partitions/verify_event_path; Monitor.stream_inbound_time",
-        "adapters/transport.py", _stall_check),
+        "adapters/transport.py, adapters/direct.py", _stall_check),
     Pin("faust Producer._producer/.buffer.max_messages; AIOKafkaProducer._partitioner/"
         "_message_accumulator._compression_type", "adapters/output.py, adapters/tables.py",
         _producer_internals),

@@ -14,11 +14,8 @@ with ``wait_first`` against ``suspend_flow`` as Faust does: the blocked case kee
 Faust's semantics, only the unblocked case is cheaper.
 
 Topics in ``app.direct_handlers`` skip the stream altogether (``kafka.direct_delivery``):
-each fetch's messages of such a topic go to the handler as one list, are tracked as
-unacked while it runs, and are acked when it returns.  That saves Faust's event, queue,
-stream iteration, ``take()`` buffer and per-event ack (about a quarter of the worker's
-CPU with one event per message, measured); rebalances and shutdowns wait for the batch
-through ``wait_empty`` as they wait for an agent.
+each fetch's messages of such a topic go to the handler as one list
+(:mod:`collector.adapters.direct`).
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 
-from collector.engine.delivery import Stopping
+from collector.adapters.direct import DIRECT_BATCH_MAX, DirectDelivery, DirectHandler
 
 
 class Resumed:
@@ -88,13 +85,9 @@ def start_delivery(
     return Resumed(coro, first)
 
 
-#: a direct handler: processes a batch of messages of its topic, raises nothing
-DirectHandler = Callable[[list[Any]], Awaitable[None]]
-#: messages handed to a direct handler at once (a fetch returns up to max_poll_records)
-DIRECT_BATCH_MAX = 2000
 
 
-class LeanHandoffConsumer(faust_aiokafka.Consumer):
+class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with :func:`start_delivery` in its fetch loop.
 
     ``_drain_messages`` is Faust's (faust-streaming 0.15: ``transport/consumer.py``)
@@ -197,42 +190,6 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
             if resume:
                 self.resume_partitions(resume)
 
-    async def _deliver_direct(self, batch: list[Any]) -> None:
-        """Hand a fetched batch of one direct topic straight to its handler.
-
-        The messages are tracked as unacked first, so a rebalance or a shutdown waits
-        (``wait_empty``) until the handler has acked them; the handler runs shielded,
-        so stopping the fetcher cannot cut a batch in half.  A batch fetched before
-        the flow was suspended for a rebalance is dropped unprocessed and unacked:
-        after the rebalance its partitions are fetched again from the committed offset,
-        as Faust does with messages a suspended delivery did not hand over.
-        """
-        app = self.app
-        if self.suspend_flow.is_set() or not app.flow_control.is_active():
-            return
-        self.check_frozen(float(app.conf.broker_session_timeout))
-        if self.fenced():  # dropped unacked, like a batch fetched before a rebalance
-            return
-        generation = app.consumer_generation_id
-        handlers: dict[str, DirectHandler] = app.direct_handlers  # type: ignore[attr-defined]
-        add_unacked = self._unacked_messages.add
-        on_message_in = self._on_message_in
-        # What a Faust stream would note per event; without it Faust's stall check
-        # (verify_event_path) says "Stream has not started processing" at ERROR.
-        inbound, now = app.monitor.stream_inbound_time, time.monotonic()
-        by_topic: dict[str, list[Any]] = {}
-        for message in batch:
-            if message.generation_id != generation:  # fetched before a rebalance
-                continue
-            message.tracked = True
-            add_unacked(message)
-            on_message_in(message.tp, message.offset, message)
-            inbound[message.tp] = now
-            by_topic.setdefault(message.topic, []).append(message)
-        for topic, messages in by_topic.items():
-            await asyncio.shield(asyncio.ensure_future(
-                self._handle_direct(handlers[topic], messages)))
-
     def verify_event_path(self, now: float, tp: Any) -> None:
         """Faust's stall check, except on partitions paused on purpose (sink
         backpressure): in a 10-minute MySQL outage it logged "Stream has not started
@@ -240,36 +197,6 @@ class LeanHandoffConsumer(faust_aiokafka.Consumer):
         if tp in self._paused_partitions:
             return None
         return super().verify_event_path(now, tp)  # type: ignore[no-any-return]
-
-    async def _handle_direct(self, handler: DirectHandler, messages: list[Any]) -> None:
-        """Run the handler, then ack: offsets become committable only once it returned.
-
-        The handler raises nothing but a cancellation (it dead-letters what it cannot
-        process); if it raises anyway, the batch is dropped from the unacked set without
-        an ack, so no commit passes its first offset, and ``/livez`` fails so the
-        orchestrator restarts the worker, which reprocesses from the committed offset.
-        """
-        try:
-            await handler(messages)
-        except Stopping as exc:  # SIGTERM while a produce failed: a restart redoes it
-            self.log.warning("stopping with %d messages unprocessed (%s): not committed, "
-                             "the next start processes them", len(messages), exc)
-            for message in messages:
-                self._unacked_messages.discard(message)
-            return
-        except Exception as exc:
-            self.log.exception("direct handler raised on %d messages; nothing of them "
-                               "will be committed, the worker needs a restart", len(messages))
-            self.app.fetcher_failure = (  # type: ignore[attr-defined]
-                f"direct handler raised {type(exc).__name__}: {exc}"[:300])
-            for message in messages:
-                self._unacked_messages.discard(message)
-            return
-        ack = self.ack
-        on_message_out = self.app.sensors.on_message_out
-        for message in messages:
-            ack(message)
-            on_message_out(message.tp, message.offset, message)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - e2e tested
         if not getattr(self.app, "lean_handoff", True):  # kafka.lean_handoff=false

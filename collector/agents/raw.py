@@ -1,16 +1,18 @@
 """Raw topics: every raw message is validated, enriched and forwarded once.
 
 With direct delivery (the default) the consumer hands each fetch to
-:func:`process_messages` and acks the messages when it returns; otherwise the agent's
-``take_events`` batches are acked by Faust after the body returns.  Either way a batch
-returns only after every forwarded and changelog record was delivered, and Faust
-flushes the producer before it commits offsets: at least once, nothing acked early.
+:func:`process_messages` and acks the messages once it returned and the records it
+produced were delivered (``kafka.overlap_deliveries``: the next fetch is processed
+meanwhile); otherwise the agent's ``take_events`` batches are acked by Faust after the
+body returns, which is after every forwarded and changelog record was delivered.
+Either way nothing is acked before its records are delivered, and Faust flushes the
+producer before it commits offsets: at least once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import faust
@@ -30,19 +32,28 @@ def register(app: faust.App, runtime: Runtime) -> None:
     kafka = runtime.settings.kafka
     raw_topic = read_only_topics(app, kafka.raw_topics, kafka.partitions)
 
-    async def process_batch(records: Sequence[RawRecord]) -> None:
-        """Validate, dead-letter, enrich and forward one batch of raw messages."""
+    async def process_batch(records: Sequence[RawRecord],
+                            settle: list[Awaitable[Any]] | None = None) -> None:
+        """Validate, dead-letter, enrich and forward one batch of raw messages; with
+        ``settle``, its deliveries are left there for the caller to await."""
         runtime.before_raw_batch()
-        await runtime.processor.process_safely(records, runtime.output)
+        await runtime.processor.process_safely(records, runtime.output, settle)
         try:
             runtime.after_raw_batch()
         except Exception:  # an early flush is an optimisation; never stop the agent
             log.exception("checking for a drained backlog failed")
 
-    async def process_messages(messages: list[Any]) -> None:
+    async def process_messages(messages: list[Any]) -> list[Awaitable[Any]] | None:
         """The direct handler (``kafka.direct_delivery``): a fetch's raw messages as they
-        are; a Faust ``Message`` has every field of :class:`RawRecord`."""
-        await process_batch(cast(list[RawRecord], messages))
+        are; a Faust ``Message`` has every field of :class:`RawRecord`.  With
+        ``kafka.overlap_deliveries`` it returns the deliveries, and the consumer acks
+        the batch once they are done, while it processes the next fetch."""
+        if not kafka.overlap_deliveries:
+            await process_batch(cast(list[RawRecord], messages))
+            return None
+        settle: list[Awaitable[Any]] = []
+        await process_batch(cast(list[RawRecord], messages), settle)
+        return settle
 
     if kafka.direct_delivery and hasattr(app, "direct_handlers"):
         for topic in kafka.raw_topics:

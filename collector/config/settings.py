@@ -102,6 +102,12 @@ class KafkaSettings(_Section):
         description="Hand each fetch of raw messages to the processor as one batch, "
         "past Faust's per-message stream; false: through the raw agent's stream.",
     )
+    overlap_deliveries: bool = Field(
+        default=True,
+        description="With direct delivery, process the next fetch while the last batch's "
+        "forwarded and changelog records are being delivered; its offsets are still acked "
+        "only once they are, in order.  False: wait for them before the next fetch.",
+    )
     bulk_changelog: bool = Field(
         default=True,
         description="Send window state changelog records as one record batch per "

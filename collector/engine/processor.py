@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,13 +158,18 @@ class RawProcessor:
             home = self._homes[user_id] = home_partition(user_id, self._partitions)
         return home
 
-    async def process(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
+    async def process(self, records: Sequence[RawRecord], out: Output,
+                      settle: list[Awaitable[Any]] | None = None) -> BatchResult:
         """Process a batch; returns only once everything is accepted by ``out``.
 
         Everything is decided first (records to send, counts, window state), then the
         counts are applied and the records sent, so a failure before that point leaves
         nothing behind to count or send twice when the batch is retried.  Past it only
         the producer can fail, and it produces again until the broker acks.
+
+        With ``settle``, the deliveries are appended to it instead of awaited: the
+        caller must await them before it acks the batch (the consumer does, in order,
+        while it processes the next fetch: collector.adapters.transport).
         """
         now_ms = int(self._clock() * 1000)
         result = BatchResult()
@@ -224,7 +229,9 @@ class RawProcessor:
             pending.extend(await forward.submit())
         if self.aggregator is not None:
             pending.extend(await self.aggregator.submit())
-        if pending:
+        if settle is not None:
+            settle.extend(pending)
+        elif pending:
             await asyncio.gather(*pending)
         return result
 
@@ -244,22 +251,25 @@ class RawProcessor:
                 counts.add("duplicates", source, n=count - dups.get(source, 0))
                 result.duplicates += count - dups.get(source, 0)
 
-    async def process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
+    async def process_safely(self, records: Sequence[RawRecord], out: Output,
+                             settle: list[Awaitable[Any]] | None = None) -> BatchResult:
         """:meth:`process`, but an unexpected error can neither crash the agent nor lose data.
 
         On a bug the batch is retried record by record; a record that fails
         ``kafka.poison_attempts`` times is dead-lettered as ``internal_error`` unless
         its events were already counted (then it is done: never counted and
         dead-lettered both).  Nothing is counted or sent by an attempt that failed.
+        ``settle``: as for :meth:`process` (a retry record by record awaits its own).
         """
         if self.aggregator is not None:
             self.aggregator.forget_folded()
         with tracing.process_spans(records):
-            return await self._process_safely(records, out)
+            return await self._process_safely(records, out, settle)
 
-    async def _process_safely(self, records: Sequence[RawRecord], out: Output) -> BatchResult:
+    async def _process_safely(self, records: Sequence[RawRecord], out: Output,
+                              settle: list[Awaitable[Any]] | None) -> BatchResult:
         try:
-            result = await self.process(records, out)
+            result = await self.process(records, out, settle)
             self._count(len(records), result)
             return result
         except (asyncio.CancelledError, Stopping):  # stopping: nothing acked, redone later

@@ -22,9 +22,10 @@ from collector.engine.delivery import Stopping
 
 
 class Message:
-    def __init__(self, topic: str, offset: int, generation: int = 1) -> None:
-        self.topic, self.partition, self.offset = topic, 0, offset
-        self.tp = (topic, 0)
+    def __init__(self, topic: str, offset: int, generation: int = 1, partition: int = 0) -> None:
+        self.topic, self.offset = topic, offset
+        self.tp = (topic, partition)
+        self.partition = partition
         self.generation_id = generation
         self.key, self.value = b"k", b"v"
         self.tracked = False
@@ -55,6 +56,11 @@ class Consumer:
 
     check_frozen = LeanHandoffConsumer.check_frozen
     fenced = LeanHandoffConsumer.fenced
+    _settle = LeanHandoffConsumer._settle
+    _failed = LeanHandoffConsumer._failed
+    _ack_direct = LeanHandoffConsumer._ack_direct
+    _settling: asyncio.Future[None] | None = None
+    _failed_tps: dict[Any, int] | None = None
 
     def _on_message_in(self, tp: Any, offset: int, message: Message) -> None:
         self.sensed_in.append(offset)
@@ -214,3 +220,102 @@ def test_faust_stall_check_skips_partitions_paused_for_backpressure() -> None:
     consumer.verify_event_path(1.0, ("raw", 0))
     consumer.verify_event_path(1.0, ("raw", 1))
     assert checked == [("raw", 1)]
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_the_next_batch_is_processed_while_the_last_ones_records_are_delivered() -> None:
+    """``kafka.overlap_deliveries``: the handler returns its batch's deliveries; the
+    batch is acked only once they are done, the fetch loop goes on meanwhile, and acks
+    stay in order (Faust commits the first run of consecutive acked offsets, so an ack
+    ahead of an unacked batch would commit past it)."""
+    loop = asyncio.get_running_loop()
+    deliveries = {0: loop.create_future(), 2: loop.create_future()}
+    processed: list[int] = []
+
+    async def handle(messages: list[Message]) -> list[Any]:
+        processed.append(messages[0].offset)
+        return [deliveries[messages[0].offset]]
+
+    consumer = Consumer({"a": handle})
+    first = [Message("a", 0), Message("a", 1)]
+    await consumer.deliver(first)  # returns before its records are delivered
+    assert processed == [0] and consumer.acked == []
+    assert consumer._unacked_messages == set(first), "a rebalance waits for it"
+    second = asyncio.ensure_future(consumer.deliver([Message("a", 2), Message("a", 3)]))
+    await _turns()
+    assert processed == [0, 2], "processed during the first batch's round trip"
+    assert consumer.acked == [] and not second.done(), "at most one batch settles at a time"
+    deliveries[2].set_result(None)  # the second batch's records land first
+    await _turns()
+    assert consumer.acked == [], "not acked ahead of the batch before it"
+    deliveries[0].set_result(None)
+    await _turns()
+    assert second.done() and [m.offset for m in consumer.acked] == [0, 1]
+    await consumer._settling
+    assert [m.offset for m in consumer.acked] == [0, 1, 2, 3]
+    assert consumer._unacked_messages == set()
+
+
+async def test_a_batch_without_deliveries_waits_for_the_one_settling_before_it() -> None:
+    loop = asyncio.get_running_loop()
+    delivered = loop.create_future()
+
+    async def handle(messages: list[Message]) -> list[Any]:
+        return [delivered] if messages[0].offset == 0 else []
+
+    consumer = Consumer({"a": handle})
+    await consumer.deliver([Message("a", 0)])
+    later = asyncio.ensure_future(consumer.deliver([Message("a", 1)]))
+    await _turns()
+    assert consumer.acked == [] and not later.done()
+    delivered.set_result(None)
+    await later
+    assert [m.offset for m in consumer.acked] == [0, 1]
+
+
+async def test_a_failed_delivery_leaves_its_partition_unacked_until_the_next_generation() -> None:
+    """A batch whose records could not be delivered (a bug, or a SIGTERM mid-retry) is
+    not acked, and neither is anything after it on its partition: an ack there would
+    commit past the lost batch.  Other partitions carry on; a rebalance (a new
+    generation, which refetches from the committed offset) clears it."""
+    loop = asyncio.get_running_loop()
+    failing = loop.create_future()
+
+    async def handle(messages: list[Message]) -> list[Any]:
+        if messages[0].offset == 0:
+            return [failing]
+        done = loop.create_future()
+        done.set_result(None)
+        return [done]
+
+    consumer = Consumer({"a": handle})
+    await consumer.deliver([Message("a", 0), Message("a", 1)])
+    failing.set_exception(RuntimeError("broker said no"))
+    await consumer.deliver([Message("a", 2), Message("a", 5, partition=1)])
+    await consumer._settling
+    assert [(m.partition, m.offset) for m in consumer.acked] == [(1, 5)]
+    assert consumer._unacked_messages == set(), "wait_empty must not wait for them"
+    assert "RuntimeError: broker said no" in consumer.app.fetcher_failure
+    consumer.app.consumer_generation_id = 2
+    await consumer.deliver([Message("a", 2, generation=2)])
+    await consumer._settling
+    assert [(m.partition, m.offset) for m in consumer.acked] == [(1, 5), (0, 2)]
+
+
+async def test_stopping_while_delivering_acks_nothing_and_is_no_failure() -> None:
+    loop = asyncio.get_running_loop()
+    stopped = loop.create_future()
+    stopped.set_exception(Stopping("producing to enriched failed while stopping"))
+
+    async def handle(messages: list[Message]) -> list[Any]:
+        return [stopped]
+
+    consumer = Consumer({"a": handle})
+    await consumer.deliver([Message("a", 0)])
+    await consumer._settling
+    assert consumer.acked == [] and consumer._unacked_messages == set()
+    assert not hasattr(consumer.app, "fetcher_failure")

@@ -152,6 +152,30 @@ async def test_refused_forwarding_never_dead_letters_counted_events() -> None:
     assert counted(aggregator, u1, now) == 2
 
 
+async def test_overlapped_a_refused_forwarding_is_left_to_the_consumer_to_await() -> None:
+    """With ``settle`` (``kafka.overlap_deliveries``) the batch returns once everything
+    is decided and sent: its deliveries, still being retried, are the consumer's to
+    await before the ack.  Nothing is retried record by record or counted twice."""
+    processor, aggregator, _, metrics = build()
+    broker = Broker()
+    broker.refuse.add(SETTINGS.kafka.enriched_topic)
+    [u1] = users_on(0, 1)
+    now = int(time.time() * 1000)
+    settle: list[Awaitable[Any]] = []
+    result = await asyncio.wait_for(processor.process_safely(
+        records([event("e1", u1, now), event("e2", u1, now)]), broker, settle), 5)
+    assert len(result.enriched) == 2 and settle
+    delivered = asyncio.ensure_future(asyncio.gather(*settle))
+    await asyncio.sleep(0.2)
+    assert not delivered.done(), "the broker still refuses: not delivered, not acked"
+    broker.refuse.clear()
+    await asyncio.wait_for(delivered, 10)
+    assert [r[0] for r in broker.delivered].count(SETTINGS.kafka.enriched_topic) == 2
+    assert value(metrics, "events_valid", source="web") == 2
+    assert value(metrics, "events_consumed", source="web") == 2
+    assert counted(aggregator, u1, now) == 2
+
+
 async def test_a_batch_stopped_mid_retry_is_neither_retried_alone_nor_dead_lettered() -> None:
     """SIGTERM while forwarding is refused: the batch ends with ``Stopping`` (unacked,
     redone by the next start), not retried record by record and dead-lettered."""
