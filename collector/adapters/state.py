@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 #: cached values per FaustState; the least recently written go first (1-5 KB each)
 CACHE_MAX = 20_000
-#: what Faust's own ``json`` serializer passes to orjson (same bytes, see _encode)
-_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+#: Faust's own ``json`` serializer passes OPT_NON_STR_KEYS too; for str keys, which
+#: are all our values have, the bytes are the same and come 0.4 µs sooner without it
+#: (0.75 against 1.19 µs for a 500-byte user window, timeit); a non-str key raises
+#: TypeError and takes Faust's path (see _encode)
+_ORJSON_STR_KEYS = orjson.OPT_UTC_Z
 _MISSING = object()
 
 
@@ -175,9 +178,9 @@ class FaustState:
         if self._direct_json:
             try:
                 return (orjson.dumps(key),
-                        None if value is None else orjson.dumps(value, option=_ORJSON_OPTIONS))
-            except TypeError:  # a type only Faust's encoder knows: its path below
-                pass
+                        None if value is None else orjson.dumps(value, option=_ORJSON_STR_KEYS))
+            except TypeError:  # a non-str key, or a type only Faust's encoder knows:
+                pass           # its path below (the same bytes)
         dumps = table.app.serializers
         kb: bytes = dumps.dumps_key(table.key_type, key, serializer=table.key_serializer)
         vb: bytes | None = None if value is None else dumps.dumps_value(

@@ -232,10 +232,12 @@ async def test_direct_json_bytes_are_fausts(table: Any) -> None:
     s = table.app.serializers
     value = {"kind": "u", "key": ["ü-ß"], "ws": 1764936000000, "agg": {"n": 2, "x": 1.5},
              "offs": {"t|1": 5}, "ids": {"e1": 1}, "none": None, "list": [1, "a"]}
+    non_str_keys = {"kind": "p", "agg": {"by": {7: 1, 8: 2}}}  # the fallback's options
     for key in ("u|ü|1", "p|event_stats|t|0|a|b|60000"):
-        kb, vb = state._encode(key, value)
-        assert kb == s.dumps_key(table.key_type, key, serializer=table.key_serializer)
-        assert vb == s.dumps_value(table.value_type, value, serializer=table.value_serializer)
+        for v in (value, non_str_keys):
+            kb, vb = state._encode(key, v)
+            assert kb == s.dumps_key(table.key_type, key, serializer=table.key_serializer)
+            assert vb == s.dumps_value(table.value_type, v, serializer=table.value_serializer)
 
 
 async def test_a_retry_after_a_newer_batch_was_acked_still_sends_the_newest_value(
