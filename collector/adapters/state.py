@@ -109,6 +109,11 @@ class FaustState:
         #: value.  One map kept until no delivery at all was outstanding grew with the
         #: keys written under steady load (87 of 280 MB at N = 500k, memray).
         self._inflight: deque[list[Any]] = deque()
+        #: delivery futures of every submit not yet settled (a batch's, the automatic
+        #: one, a flush's): a submit returns them all, so a batch acked after awaiting
+        #: them waits for every changelog record written before it, whichever submit
+        #: handed it to the producer (the automatic one runs at the batch's first yield)
+        self._unsettled: set[Any] = set()
         #: partition -> RocksDB writes not yet in the store, applied as one WriteBatch
         #: by :meth:`_flush_store` before any store read, submit or rebalance
         self._store_batches: dict[int, Any] = {}
@@ -257,14 +262,17 @@ class FaustState:
             log.exception("sending %s changelog records failed", self.table.name)
 
     async def submit(self) -> list[Awaitable[Any]]:
-        """Hand the pending changelog records to the producer; their delivery futures."""
+        """Hand the pending changelog records to the producer; the delivery futures of
+        every record handed over and not yet delivered (this call's and earlier ones')."""
         self._flush_store()  # the store holds a value before its changelog record
-        if self._output is None or not self._pending:
+        if self._output is None:
             return []
-        async with self._submit_lock:
+        if not self._pending and not self._submit_lock.locked():
+            return list(self._unsettled)
+        async with self._submit_lock:  # (a submit under way: its futures too)
             pending, self._pending = self._pending, []
             if not pending:
-                return []
+                return list(self._unsettled)
             entry: list[Any] = [self._latest, 1]  # 1: held while it is being submitted
             self._latest = {}
             self._inflight.append(entry)
@@ -280,11 +288,14 @@ class FaustState:
                     refresh=self._refresh)
             finally:
                 entry[1] += len(futures) - 1
+                unsettled = self._unsettled
                 for fut in futures:  # callbacks run later, never inside add_done_callback
                     fut.add_done_callback(  # type: ignore[attr-defined]
                         lambda _, entry=entry: self._settled(entry))
+                    unsettled.add(fut)
+                    fut.add_done_callback(unsettled.discard)  # type: ignore[attr-defined]
                 self._trim()
-            return futures
+            return list(unsettled)
 
     def _refresh(self, kb: bytes, vb: bytes | None) -> tuple[bytes, bytes | None]:
         newest = self._latest.get(kb, _MISSING)
