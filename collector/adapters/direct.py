@@ -103,8 +103,8 @@ class DirectDelivery:
             self._failed(messages, exc)
             return
         previous, self._settling = self._settling, None
-        if previous is not None:
-            await previous
+        if previous is not None:  # (waited for, not awaited: its failure is its own)
+            await asyncio.wait([previous])
         if settle:
             self._settling = asyncio.ensure_future(self._settle(settle, messages))
         else:
@@ -116,13 +116,18 @@ class DirectDelivery:
         except Exception as exc:  # Stopping included
             self._failed(messages, exc)
             return
+        except BaseException:  # cancelled (the loop is closing): not acked either
+            self._failed(messages, None)
+            raise
         self._ack_direct(messages)
 
-    def _failed(self, messages: list[Any], exc: Exception) -> None:
-        """Leave a batch unacked, and its partitions unacked for this generation."""
-        if isinstance(exc, Stopping):  # SIGTERM while a produce failed: a restart redoes it
+    def _failed(self, messages: list[Any], exc: Exception | None) -> None:
+        """Leave a batch unacked, and its partitions unacked for this generation
+        (``exc`` None: its deliveries were cancelled)."""
+        if exc is None or isinstance(exc, Stopping):  # a restart redoes it
             self.log.warning("stopping with %d messages unprocessed (%s): not committed, "
-                             "the next start processes them", len(messages), exc)
+                             "the next start processes them", len(messages),
+                             exc or "deliveries cancelled")
         else:
             self.log.error("direct handler raised on %d messages; nothing of them will "
                            "be committed, the worker needs a restart", len(messages),

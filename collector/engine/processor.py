@@ -169,7 +169,7 @@ class RawProcessor:
 
         With ``settle``, the deliveries are appended to it instead of awaited: the
         caller must await them before it acks the batch (the consumer does, in order,
-        while it processes the next fetch: collector.adapters.transport).
+        while it processes the next fetch: collector.adapters.direct).
         """
         now_ms = int(self._clock() * 1000)
         result = BatchResult()
