@@ -278,6 +278,18 @@ async def test_a_batch_without_deliveries_waits_for_the_one_settling_before_it()
     assert [m.offset for m in consumer.acked] == [0, 1]
 
 
+def first_batch_settles_on(pending: asyncio.Future[Any]) -> Any:
+    """A direct handler: the batch at offset 0 settles on ``pending``, any other at once."""
+    async def handle(messages: list[Message]) -> list[Any]:
+        if messages[0].offset == 0:
+            return [pending]
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return [done]
+
+    return handle
+
+
 async def test_a_failed_delivery_leaves_its_partition_unacked_until_the_next_generation() -> None:
     """A batch whose records could not be delivered (a bug, or a SIGTERM mid-retry) is
     not acked, and neither is anything after it on its partition: an ack there would
@@ -286,12 +298,7 @@ async def test_a_failed_delivery_leaves_its_partition_unacked_until_the_next_gen
     loop = asyncio.get_running_loop()
     failing = loop.create_future()
 
-    async def handle(messages: list[Message]) -> list[Any]:
-        if messages[0].offset == 0:
-            return [failing]
-        done = loop.create_future()
-        done.set_result(None)
-        return [done]
+    handle = first_batch_settles_on(failing)
 
     consumer = Consumer({"a": handle})
     await consumer.deliver([Message("a", 0), Message("a", 1)])
@@ -328,12 +335,7 @@ async def test_a_cancelled_delivery_leaves_its_batch_unacked_and_the_next_one_go
     loop = asyncio.get_running_loop()
     cancelled = loop.create_future()
 
-    async def handle(messages: list[Message]) -> list[Any]:
-        if messages[0].offset == 0:
-            return [cancelled]
-        done = loop.create_future()
-        done.set_result(None)
-        return [done]
+    handle = first_batch_settles_on(cancelled)
 
     consumer = Consumer({"a": handle})
     await consumer.deliver([Message("a", 0)])
