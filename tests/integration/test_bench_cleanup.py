@@ -20,12 +20,24 @@ pytestmark = pytest.mark.integration
 
 
 async def _topics(settings: Settings, create: list[str] | None = None) -> set[str]:
+    """The broker's topics; with ``create``, once all of them show in its metadata
+    (CreateTopics returns before every broker's metadata cache has them: CI saw a
+    listing without the topics it had just created)."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
         if create:
-            await admin.create_topics([NewTopic(t, 1, 1) for t in create])
-        return set(await admin.list_topics())
+            response = await admin.create_topics([NewTopic(t, 1, 1) for t in create])
+            errors = [(name, code) for name, code, *_ in response.topic_errors
+                      if code not in (0, 7)]  # 7: timed out, the broker still creates it
+            assert not errors, errors
+        listed = set(await admin.list_topics())
+        for _ in range(40):
+            if not create or set(create) <= listed:
+                break
+            await asyncio.sleep(0.25)
+            listed = set(await admin.list_topics())
+        return listed
     finally:
         await admin.close()
 
