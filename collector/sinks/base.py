@@ -136,6 +136,9 @@ class Sink(ABC):
         #: rows dropped because the worker was fenced (the new owners write them)
         self.discarded = 0
         self._flush_lock = asyncio.Lock()
+        #: rows added while a flush runs: it writes them next, ahead of the rest of its
+        #: snapshot (None: no flush running)
+        self._arrived: list[Row] | None = None
         self._healthy = True
         self._failing_since: float | None = None
         self._last_error: str | None = None
@@ -181,6 +184,8 @@ class Sink(ABC):
                 continue
             buffer.pop(ident, None)  # re-insert: a row's place follows its latest update
             buffer[ident] = row
+            if self._arrived is not None:
+                self._arrived.append(row)
 
     @property
     def pending(self) -> int:
@@ -203,59 +208,76 @@ class Sink(ABC):
         ``deadline`` is ``time.monotonic()`` based (default: now + ``flush_timeout``).
         One write is always attempted; after that nothing starts past the deadline.
         Rows that could not be written stay buffered for the next flush.
+
+        Rows added meanwhile go next, ahead of the rest of the snapshot: a window flush
+        hands over thousands of user rows (0.5-0.8 s of writes) just before the merge
+        hands over the few global rows, which waited behind all of them.
         """
         async with self._flush_lock:
-            if deadline is None:
-                deadline = time.monotonic() + self.flush_timeout
-            snapshot = list(self._buffer.values())
-            queue = deque(
-                snapshot[i : i + self.batch_size]
-                for i in range(0, len(snapshot), self.batch_size)
-            )
-            written = rejected = attempt = 0
-            error: str | None = None
-            first = True
-            while queue:
-                if not first and time.monotonic() >= deadline:
-                    break  # what is left waits for the next flush
-                first = False
-                if self.fenced():
-                    self._discard()
+            self._arrived = []
+            try:
+                return await self._flush(deadline)
+            finally:
+                self._arrived = None
+
+    async def _flush(self, deadline: float | None) -> FlushResult:
+        if deadline is None:
+            deadline = time.monotonic() + self.flush_timeout
+        snapshot = list(self._buffer.values())
+        queue = deque(
+            snapshot[i : i + self.batch_size]
+            for i in range(0, len(snapshot), self.batch_size)
+        )
+        written = rejected = attempt = 0
+        error: str | None = None
+        first = True
+        while queue or self._arrived:
+            arrived = self._arrived
+            if arrived:
+                self._arrived = []
+                queue.extendleft(reversed([arrived[i : i + self.batch_size]
+                                           for i in range(0, len(arrived),
+                                                          self.batch_size)]))
+            if not first and time.monotonic() >= deadline:
+                break  # what is left waits for the next flush
+            first = False
+            if self.fenced():
+                self._discard()
+                break
+            # Drop rows written, rejected or superseded since the snapshot.
+            batch = [row for row in queue.popleft() if self._buffer.get(row.ident) is row]
+            if not batch:
+                continue
+            try:
+                refused = await self._timed_write(batch)
+            except SinkUnavailable as exc:
+                error = self._failed(exc)
+                delay = self._rng.uniform(
+                    0, min(self.retry_cap, self.retry_base * 2**attempt)
+                )
+                attempt += 1
+                if (
+                    isinstance(exc, SinkMisconfigured)
+                    or time.monotonic() + delay >= deadline
+                ):
                     break
-                # Drop rows written, rejected or superseded since the snapshot.
-                batch = [row for row in queue.popleft() if self._buffer.get(row.ident) is row]
-                if not batch:
-                    continue
-                try:
-                    refused = await self._timed_write(batch)
-                except SinkUnavailable as exc:
-                    error = self._failed(exc)
-                    delay = self._rng.uniform(
-                        0, min(self.retry_cap, self.retry_base * 2**attempt)
-                    )
-                    attempt += 1
-                    if (
-                        isinstance(exc, SinkMisconfigured)
-                        or time.monotonic() + delay >= deadline
-                    ):
-                        break
-                    if self.metrics is not None:
-                        self.metrics.sink_retries.labels(self.name).inc()
-                    await asyncio.sleep(delay)
-                    queue.appendleft(batch)
-                    continue
-                except BatchRejected as exc:
-                    if len(batch) == 1:
-                        rejected += self._reject([(batch[0], str(exc))])
-                    else:
-                        mid = len(batch) // 2
-                        queue.extendleft((batch[mid:], batch[:mid]))
-                    continue
-                attempt = 0
-                error = None
-                rejected += self._reject(refused)
-                written += self._succeeded(batch, refused)
-            return FlushResult(written, rejected, len(self._buffer), error)
+                if self.metrics is not None:
+                    self.metrics.sink_retries.labels(self.name).inc()
+                await asyncio.sleep(delay)
+                queue.appendleft(batch)
+                continue
+            except BatchRejected as exc:
+                if len(batch) == 1:
+                    rejected += self._reject([(batch[0], str(exc))])
+                else:
+                    mid = len(batch) // 2
+                    queue.extendleft((batch[mid:], batch[:mid]))
+                continue
+            attempt = 0
+            error = None
+            rejected += self._reject(refused)
+            written += self._succeeded(batch, refused)
+        return FlushResult(written, rejected, len(self._buffer), error)
 
     def _discard(self) -> None:
         """Drop every buffered row: a fenced worker owns no partition any more, and each

@@ -74,6 +74,18 @@ class Scripted(Sink):
         return [(r, "too long") for r in bad]
 
 
+def once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` on the first call only (rows that arrive during one write)."""
+    done: list[bool] = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return run
+
+
 def sample(registry: CollectorRegistry, name: str, sink: str = "scripted") -> float:
     labels = {"sink": sink} if sink else {}
     return registry.get_sample_value(f"collector_{name}", labels) or 0.0
@@ -184,12 +196,22 @@ async def test_rows_survive_an_outage_and_land_later() -> None:
 async def test_a_newer_value_arriving_during_a_write_is_kept() -> None:
     sink = Scripted()
     sink.add([row(count=1)])
-    sink.during_write = lambda: sink.add([row(count=2)])
-    await sink.flush()
-    assert sink.pending == 1 and sink._buffer[row().ident].values["count"] == 2
-    sink.during_write = None
-    await sink.flush()
+    sink.during_write = once(lambda: sink.add([row(count=2)]))
+    await sink.flush()  # the older value's confirmation does not drop the newer one,
+    assert [c[0].values["count"] for c in sink.calls] == [1, 2]  # written next
     assert sink.stored[row().ident].values["count"] == 2 and sink.pending == 0
+
+
+async def test_rows_arriving_during_a_flush_are_written_before_the_rest_of_it() -> None:
+    """A window flush hands thousands of user rows over just before the merge hands over
+    the few global ones; those must not wait for every user row to be written."""
+    sink = Scripted(batch_size=2)
+    sink.add([row(f"u{i}") for i in range(6)])
+    sink.during_write = once(lambda: sink.add([row("global", start=120_000)]))
+    result = await sink.flush()
+    assert [[r.key[0] for r in call] for call in sink.calls] == [
+        ["u0", "u1"], ["global"], ["u2", "u3"], ["u4", "u5"]]
+    assert result.written == 7 and sink.pending == 0
 
 
 async def test_a_newer_value_arriving_during_a_failed_write_is_kept() -> None:
