@@ -8,12 +8,14 @@ hold, so no final value is lost to a move or a restart.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
 import orjson
 
 from collector.agents.runtime import Runtime
+from collector.engine.schedule import FixedRate
 from collector.observability.logs import where
 
 log = logging.getLogger(__name__)
@@ -53,12 +55,19 @@ def register(app: faust.App, runtime: Runtime) -> None:
             # in the producer before this batch is acked: a commit flushes the producer first
             await runtime.merger_state.submit()
 
+    schedule = FixedRate(runtime.settings.windows.flush_interval_seconds)
+
     async def flush_windows() -> None:
+        """Polled by the timer; flushes every interval from start to start."""
+        if not schedule.due(time.monotonic()):
+            return
         try:
             stats = await runtime.flush_windows()
             log.debug("flush: %s", stats)
         except Exception:
             log.exception("window flush failed; retrying next tick")
+        finally:
+            schedule.ran(time.monotonic())
 
     async def forget_cached_state(sender: Any, revoked: Any = None, **kwargs: Any) -> None:
         runtime.on_rebalance()
@@ -70,8 +79,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
         progress_line(runtime)
 
     app.agent(partials_topic, name="collector.merge")(merge_partials)
-    app.timer(interval=runtime.settings.windows.flush_interval_seconds,
-              name="collector.flush_windows")(flush_windows)
+    app.timer(interval=schedule.poll_s, name="collector.flush_windows")(flush_windows)
     app.timer(interval=PROGRESS_INTERVAL, name="collector.progress")(log_progress)
     app.on_partitions_revoked.connect(forget_cached_state)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(rescan_after_rebalance)  # type: ignore[arg-type]
