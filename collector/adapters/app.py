@@ -52,6 +52,8 @@ class CollectorApp(faust.App):
     direct_handlers: dict[str, Any]
     #: the settings the app was built from (the web server's auth reads them)
     collector_settings: Settings
+    #: the consumer's fetch.max.wait.ms (``kafka.fetch_max_wait_ms``; Faust fixes 1500)
+    fetch_max_wait_ms: int = 1500
     #: why the fetcher stopped consuming (it died, or a batch handler raised): /livez
     fetcher_failure: str | None = None
     #: the per-worker runtime the agents and views share (collector.agents.runtime)
@@ -145,5 +147,6 @@ def new_app(settings: Settings) -> CollectorApp:
     app = CollectorApp(settings.app.id, **faust_options(settings))
     app.collector_settings = settings
     app.lean_handoff = settings.kafka.lean_handoff
+    app.fetch_max_wait_ms = settings.kafka.fetch_max_wait_ms
     app.shutdown_flush_timeout = settings.kafka.shutdown_flush_timeout
     return app

@@ -93,6 +93,20 @@ def _consumer_internals() -> None:
         raise AssertionError(f"CONSUMER_FETCHING is {CONSUMER_FETCHING!r}")
 
 
+def _fetch_max_wait() -> None:
+    """The consumer thread builds the worker's aiokafka consumer in one method, whose
+    ``_fetch_max_wait_ms`` reaches the fetcher only when the consumer starts."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
+
+    _has(Consumer, "_new_consumer_thread")
+    _has(AIOKafkaConsumerThread, "_create_worker_consumer")
+    _in_init(AIOKafkaConsumer, "_fetch_max_wait_ms")
+    if "fetch_max_wait_ms=self._fetch_max_wait_ms" not in inspect.getsource(
+            AIOKafkaConsumer.start):
+        raise TypeError("AIOKafkaConsumer.start no longer hands _fetch_max_wait_ms over")
+
+
 def _stall_check() -> None:
     """The stall check skips paused partitions and is told of direct deliveries."""
     consumer = _faust_app().consumer
@@ -182,6 +196,8 @@ PINS: list[Pin] = [
     Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
     Pin("faust Consumer._unacked_messages/_on_message_in/_commit_every/_n_acked/_stopped",
         "adapters/transport.py, adapters/direct.py", _consumer_internals),
+    Pin("faust Consumer._new_consumer_thread, AIOKafkaConsumerThread._create_worker_consumer;"
+        " AIOKafkaConsumer._fetch_max_wait_ms", "adapters/transport.py", _fetch_max_wait),
     Pin("faust Consumer._paused_partitions/verify_event_path; Monitor.stream_inbound_time",
         "adapters/transport.py, adapters/direct.py", _stall_check),
     Pin("faust Producer._producer/.buffer.max_messages; AIOKafkaProducer._partitioner/"

@@ -87,6 +87,23 @@ def start_delivery(
 
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread with the app's ``fetch_max_wait_ms``.
+
+    aiokafka leaves a partition out of the next fetch while it still holds records of it,
+    and sends no fetch to a broker with one in flight.  Under load all raw partitions
+    often hold records, so the fetch asks for the empty ones (partials, users), the
+    broker holds it for ``fetch.max.wait.ms`` and nothing else is fetched meanwhile:
+    with Faust's fixed 1500 ms the worker ran dry for 1.5 s 22 times in 40 s at 4,000
+    events/s, and the partials of a flush reached the merge up to 1.5 s late.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
+        return consumer
+
+
 class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with :func:`start_delivery` in its fetch loop.
 
@@ -101,6 +118,9 @@ class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
     _frozen_generation: int | None = None
     _frozen_at: float = 0.0
     _last_tick: float = 0.0
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @Service.task
     async def _watch_for_freeze(self) -> None:

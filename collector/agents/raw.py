@@ -39,7 +39,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
         runtime.before_raw_batch()
         await runtime.processor.process_safely(records, runtime.output, settle)
         try:
-            runtime.after_raw_batch()
+            runtime.after_raw_batch(records[-1].timestamp if records else None)
         except Exception:  # an early flush is an optimisation; never stop the agent
             log.exception("checking for a drained backlog failed")
 
@@ -66,6 +66,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 RawRecord(
                     e.message.topic, e.message.partition, e.message.offset,
                     e.message.key, e.message.value, e.message.headers,
+                    e.message.timestamp,
                 )
                 for e in events
             ]

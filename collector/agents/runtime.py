@@ -236,12 +236,14 @@ class Runtime(mode.Service):
                 and self.ready_for_flush()):
             self.flusher.rescan(self.owned(self.settings.kafka.raw_topics))
 
-    def after_raw_batch(self) -> bool:
-        """Start a flush if a backlog was just drained (see :class:`BacklogWatch`)."""
+    def after_raw_batch(self, newest_s: float | None = None) -> bool:
+        """Start a flush if a backlog was just drained (see :class:`BacklogWatch`);
+        ``newest_s``: the Kafka timestamp of the batch's last record."""
         self.apply_backpressure()
         owned = self.owned(self.settings.kafka.raw_topics)
         caught_up = all(self.caught_up(topic, partition) for topic, partition in owned)
-        if self.backlog.drained(caught_up, bool(self.aggregator.dirty), time.monotonic()):
+        lag_s = 0.0 if newest_s is None else time.time() - newest_s
+        if self.backlog.drained(caught_up, bool(self.aggregator.dirty), lag_s):
             self.add_future(self._flush_quietly())
             return True
         return False

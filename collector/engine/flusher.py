@@ -72,24 +72,25 @@ def emit_final(entry: dict[str, Any], final: bool, changed: bool) -> bool:
 
 @dataclass
 class BacklogWatch:
-    """Says when to flush early: right after a backlog of at least ``threshold_s`` has
-    been drained, so its windows reach the sinks in about a second rather than up to a
-    flush interval later.  Traffic processed as it arrives is never a backlog, so steady
-    load keeps the timer's pace (and its batching of sink writes)."""
+    """Says when to flush early: right after a backlog of records at least ``threshold_s``
+    old (Kafka timestamps) was drained, so its windows reach the sinks in a second, not
+    up to a flush interval later.  Under steady load the worker is rarely at the high
+    watermark but its records are fresh: timing how long it was not caught up set off
+    early flushes every 10-20 s there (docs/benchmarks.md, seventeenth round)."""
 
     threshold_s: float
-    #: monotonic time since when the input has been behind (None: caught up)
-    behind_since: float | None = None
+    #: took a record at least threshold_s old since it was last caught up
+    behind: bool = False
 
-    def drained(self, caught_up: bool, dirty: bool, now: float) -> bool:
+    def drained(self, caught_up: bool, dirty: bool, lag_s: float) -> bool:
+        """``lag_s``: the age of the newest record just processed."""
         if not self.threshold_s:
             return False
         if not caught_up:
-            if self.behind_since is None:
-                self.behind_since = now
+            self.behind = self.behind or lag_s >= self.threshold_s
             return False
-        since, self.behind_since = self.behind_since, None
-        return dirty and since is not None and now - since >= self.threshold_s
+        behind, self.behind = self.behind, False
+        return dirty and behind
 
 
 @dataclass
@@ -196,35 +197,36 @@ class Flusher:
         stats = {"partials": 0, "final_partials": 0, "user_rows": 0, "deleted": 0,
                  "deferred": 0}
         budget = -1 if self.row_budget is None else max(0, self.row_budget())
-        for key, partition in list(agg.index.items()):
-            if partition not in owned_parts or key[0] not in "pug":
+        keys = [(key, partition) for key, partition in agg.index.items()
+                if partition in owned_parts and key[0] in "pu"]  # (sessions: after users)
+        for key, partition in keys:
+            if key[0] != "p" or not (visit := self._visit(key, partition, dirty, resend, marks)):
                 continue
-            if key[0] == KIND:
-                continue  # after the user windows, which are their panes
-            if key not in dirty and key not in resend and not self._needs_visit(
-                key, partition, marks
-            ):
-                continue  # nothing to send: skip the store read (most keys, most ticks)
-            entry = self.state.get(partition, key)
-            if entry is None:
-                agg.index.pop(key, None)
+            entry, final, gone, send = visit
+            if send:
+                pending.append(await self._send_partial(entry, final))
+                stats["partials"] += 1
+                if final:
+                    stats["final_partials"] += 1
+                    self.final_sent.add(key)
+            if gone and key in self.final_sent:
+                to_delete.append((partition, key))
+        # close marks go after the partials they cover: same producer, same partition order
+        for skey, (mark, st, ret) in marks.items():
+            topic, _, part = skey[2:].rpartition("|")
+            if int(part) in owned_parts:
+                value = orjson.dumps({"t": "m", "slot": f"{topic}|{part}", "closed": mark,
+                                      "ret": ret, "st": st})
+                for target in range(self.partials_partitions):
+                    pending.append(await self.send_partial(b"__mark__", value, target))
+        # delivered before the users' pass, which holds the loop (~1 s for 18,000 rows)
+        for fut in pending:
+            await fut
+        for key, partition in keys:
+            if key[0] != "u" or not (visit := self._visit(key, partition, dirty, resend, marks)):
                 continue
+            entry, final, gone, send = visit
             table, ws = entry["table"], entry["ws"]
-            spec = self.specs.for_table(table)
-            mark, st, ret = self._marks_of(key, entry, partition, marks)
-            gone = self.specs.is_gone(table, ws, st, ret)
-            final = gone or bool(entry.get("fin")) or spec.is_closed(ws, mark)
-            send = key in dirty or key in resend or (final and key not in self.final_sent)
-            if entry["kind"] == "p":
-                if send:
-                    pending.append(await self._send_partial(entry, final))
-                    stats["partials"] += 1
-                    if final:
-                        stats["final_partials"] += 1
-                        self.final_sent.add(key)
-                if gone and key in self.final_sent:
-                    to_delete.append((partition, key))
-                continue
             if self.sessions and (key in dirty or key in resend):
                 self.session_flush.changed(partition, entry["key"][0], ws, entry["agg"],
                                            now_s, at_once=key in resend)
@@ -255,16 +257,6 @@ class Flusher:
             self.session_flush.flush(
                 owned_parts, now_s, lambda p: self._partition_marks(p, marks)[0], resend,
                 user_rows, to_delete, self._quiet(owned_parts, prev_tick_s))
-        # close marks go after the partials they cover: same producer, same partition order
-        for skey, (mark, st, ret) in marks.items():
-            topic, _, part = skey[2:].rpartition("|")
-            if int(part) in owned_parts:
-                value = orjson.dumps({"t": "m", "slot": f"{topic}|{part}", "closed": mark,
-                                      "ret": ret, "st": st})
-                for target in range(self.partials_partitions):
-                    pending.append(await self.send_partial(b"__mark__", value, target))
-        for fut in pending:
-            await fut
         for partition, key in to_delete:  # partials are acked by the broker; users by sinks
             self.state.delete(partition, key)
             agg.index.pop(key, None)
@@ -277,6 +269,24 @@ class Flusher:
             self.add_user_rows(user_rows)
             stats["user_rows"] = len(user_rows)
         return stats
+
+    def _visit(self, key: str, partition: int, dirty: set[str], resend: set[str],
+               marks: dict[str, Marks]) -> tuple[dict[str, Any], bool, bool, bool] | None:
+        """A window key's (entry, final, gone, send), or None: nothing to do this tick."""
+        if key not in dirty and key not in resend and not self._needs_visit(
+            key, partition, marks
+        ):
+            return None  # nothing to send: skip the store read (most keys, most ticks)
+        entry = self.state.get(partition, key)
+        if entry is None:
+            self.aggregator.index.pop(key, None)
+            return None
+        table, ws = entry["table"], entry["ws"]
+        mark, st, ret = self._marks_of(key, entry, partition, marks)
+        gone = self.specs.is_gone(table, ws, st, ret)
+        final = gone or bool(entry.get("fin")) or self.specs.for_table(table).is_closed(ws, mark)
+        send = key in dirty or key in resend or (final and key not in self.final_sent)
+        return entry, final, gone, send
 
     def sessions_waiting(self) -> bool:
         """Whether users' panes wait for their sessions entry (engine/quiet.py)."""

@@ -61,6 +61,8 @@ class RawRecord:
     #: ``(name, value)`` pairs as aiokafka gives them: content type, schema version and
     #: a W3C traceparent (a process span: app.tracing)
     headers: Any = None
+    #: the record's Kafka timestamp, epoch seconds (how far behind the worker is)
+    timestamp: float | None = None
 
 
 #: header on an event produced again to the partition its user_id maps to

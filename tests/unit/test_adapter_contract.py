@@ -36,7 +36,8 @@ def test_a_broken_pin_fails_naming_itself() -> None:
 PRIVATE = re.compile(
     r"\.(_current_event|_committed_offset|_read_offset|_drain_messages|_unacked_messages|"
     r"_message_accumulator|_wait_on_metadata|_partitioner|_producer_flush|_new_transport|"
-    r"_new_web|_clear_partition_related_metrics|_on_message_in|_commit_every|_n_acked)\b"
+    r"_new_web|_clear_partition_related_metrics|_on_message_in|_commit_every|_n_acked|"
+    r"_fetch_max_wait_ms|_create_worker_consumer|_new_consumer_thread)\b"
     r"|\bstore\._(set|del)\b|producer\._producer\b|import _current_event")
 
 

@@ -146,3 +146,22 @@ async def test_a_callback_returning_a_plain_awaitable_is_awaited_as_usual() -> N
     assert rest is fut
     fut.set_result("ok")
     assert await rest == "ok"
+
+
+@pytest.mark.parametrize("wait_ms", [None, 700])
+async def test_the_consumer_waits_on_an_empty_fetch_as_configured(wait_ms: int | None) -> None:
+    """Faust builds its aiokafka consumer with fetch_max_wait_ms=1500, which left the
+    worker without a fetch for 1.5 s whenever the one in flight asked only for empty
+    partitions (the raw ones still held records): kafka.fetch_max_wait_ms replaces it."""
+    from collector.adapters.app import new_app
+    from collector.adapters.transport import ConsumerThread
+    from collector.config import Settings
+
+    settings = Settings() if wait_ms is None else Settings(kafka={"fetch_max_wait_ms": wait_ms})
+    app = new_app(settings)
+    assert isinstance(app.consumer, LeanHandoffConsumer)
+    thread = app.consumer._new_consumer_thread()
+    assert isinstance(thread, ConsumerThread)
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == (100 if wait_ms is None else wait_ms)
+    await consumer.stop()
