@@ -71,20 +71,24 @@ class CollectorApp(faust.App):
         unsent were never acknowledged, so no offset past them was committed and a
         restart reprocesses them."""
         timeout = self.shutdown_flush_timeout
+        # The rest of the shutdown hangs on an unreachable broker too, records left or
+        # not: aiokafka's producer.stop() waits for undeliverable batches, and the
+        # consumer thread dies of a CancelledError in its fetcher's close, which mode
+        # then waits for forever (seen with nothing left to flush).  So one more timeout
+        # after this one, exit the way kill -9 would (which recovery handles: nothing
+        # unacked is committed).
+        asyncio.get_running_loop().call_later(2 * timeout, _hard_exit, logger, 2 * timeout)
         try:
             await asyncio.wait_for(super()._producer_flush(logger), timeout)
         except TimeoutError:
-            # aiokafka's producer.stop() waits for the same undeliverable batches, so the
-            # rest of the shutdown would hang too: give it one more timeout, then exit
-            # the way kill -9 would (which recovery handles: nothing unacked is committed)
             logger.error("producer flush gave up after %.0fs (broker unreachable?); "
                          "exiting within %.0fs more; a restart reprocesses what was not "
                          "committed", timeout, timeout)
-            asyncio.get_running_loop().call_later(timeout, _hard_exit, logger)
 
 
-def _hard_exit(logger: Any) -> None:
-    logger.error("shutdown still blocked on the unreachable broker: exiting now")
+def _hard_exit(logger: Any, after: float) -> None:
+    logger.error("shutdown still not done %.0fs after the producer flush began (broker "
+                 "unreachable?): exiting now", after)
     logging.shutdown()
     os._exit(1)
 

@@ -21,6 +21,7 @@ each fetch's messages of such a topic go to the handler as one list
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
@@ -121,6 +122,25 @@ class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_empty(self) -> None:
+        """At shutdown, wait for the streams' unacked messages at most
+        ``app.shutdown_flush_timeout``: Faust's wait commits on every round, and a
+        commit with the broker gone never returns (a SIGTERM then hung before the
+        producer flush, whose own bound never started).  What is left unacked is not
+        committed, and the next start processes it.  A rebalance waits as Faust does."""
+        app = self.app
+        if not app.should_stop:
+            await super().wait_empty()
+            return
+        timeout = float(getattr(app, "shutdown_flush_timeout", 30.0))
+        began = time.monotonic()
+        with contextlib.suppress(TimeoutError):  # (a commit may swallow the cancel)
+            await asyncio.wait_for(super().wait_empty(), timeout)
+        if time.monotonic() - began >= timeout:
+            self.log.error("shutdown: streams not done or offsets not committed after "
+                           "%.0fs (broker unreachable?); going on, the next start "
+                           "processes what was not committed", timeout)
 
     @Service.task
     async def _watch_for_freeze(self) -> None:
