@@ -89,14 +89,15 @@ def start_delivery(
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread with the app's ``fetch_max_wait_ms``.
+    """Faust's consumer thread with the app's ``fetch_max_wait_ms`` (Faust fixes 1500).
 
     aiokafka leaves a partition out of the next fetch while it still holds records of it,
     and sends no fetch to a broker with one in flight.  Under load all raw partitions
     often hold records, so the fetch asks for the empty ones (partials, users), the
     broker holds it for ``fetch.max.wait.ms`` and nothing else is fetched meanwhile:
-    with Faust's fixed 1500 ms the worker ran dry for 1.5 s 22 times in 40 s at 4,000
-    events/s, and the partials of a flush reached the merge up to 1.5 s late.
+    at 1500 ms the worker ran dry for 1.5 s 22 times in 40 s at 4,000 events/s, and a
+    flush's partials reached the merge up to 1.5 s late; shorter waits cost CPU per
+    event in a backlog, so the default stays 1500 (docs/benchmarks.md).
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:

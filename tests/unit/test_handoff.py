@@ -148,11 +148,11 @@ async def test_a_callback_returning_a_plain_awaitable_is_awaited_as_usual() -> N
     assert await rest == "ok"
 
 
-@pytest.mark.parametrize("wait_ms", [None, 700])
+@pytest.mark.parametrize("wait_ms", [None, 100])
 async def test_the_consumer_waits_on_an_empty_fetch_as_configured(wait_ms: int | None) -> None:
-    """Faust builds its aiokafka consumer with fetch_max_wait_ms=1500, which left the
+    """Faust builds its aiokafka consumer with fetch_max_wait_ms=1500, which leaves the
     worker without a fetch for 1.5 s whenever the one in flight asked only for empty
-    partitions (the raw ones still held records): kafka.fetch_max_wait_ms replaces it."""
+    partitions (the raw ones still held records): kafka.fetch_max_wait_ms sets it."""
     from collector.adapters.app import new_app
     from collector.adapters.transport import ConsumerThread
     from collector.config import Settings
@@ -163,5 +163,5 @@ async def test_the_consumer_waits_on_an_empty_fetch_as_configured(wait_ms: int |
     thread = app.consumer._new_consumer_thread()
     assert isinstance(thread, ConsumerThread)
     consumer = thread._create_worker_consumer(app.transport)
-    assert consumer._fetch_max_wait_ms == (100 if wait_ms is None else wait_ms)
+    assert consumer._fetch_max_wait_ms == (1500 if wait_ms is None else wait_ms)
     await consumer.stop()
