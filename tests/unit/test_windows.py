@@ -316,7 +316,7 @@ async def test_a_tick_delivers_every_partial_before_it_reads_a_user_window(
         return original_get(partition, key)
 
     async def send(key: bytes, value: bytes, partition: int | None) -> Any:
-        await original_send(key, value, partition)
+        await (await original_send(key, value, partition))  # the merge applied it
 
         async def delivered() -> None:
             trace.append("delivered")
