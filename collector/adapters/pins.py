@@ -107,6 +107,24 @@ def _fetch_max_wait() -> None:
         raise TypeError("AIOKafkaConsumer.start no longer hands _fetch_max_wait_ms over")
 
 
+def _fetch_wait_per_request() -> None:
+    """The worker changes the wait while it runs: the fetcher must read it per request."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.consumer import ThreadDelegateConsumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    _in_init(ThreadDelegateConsumer, "_thread")
+    if "self._consumer = self._create_consumer(" not in inspect.getsource(
+            AIOKafkaConsumerThread):
+        raise TypeError("AIOKafkaConsumerThread no longer keeps its consumer in _consumer")
+    _in_init(AIOKafkaConsumer, "_fetcher")
+    _in_init(Fetcher, "_fetch_max_wait_ms")
+    if not re.search(r"FetchRequest\(\s*self\._fetch_max_wait_ms",
+                     inspect.getsource(Fetcher._get_actions_per_node)):
+        raise TypeError("Fetcher no longer builds each FetchRequest with _fetch_max_wait_ms")
+
+
 def _stall_check() -> None:
     """The stall check skips paused partitions and is told of direct deliveries."""
     consumer = _faust_app().consumer
@@ -198,6 +216,9 @@ PINS: list[Pin] = [
         "adapters/transport.py, adapters/direct.py", _consumer_internals),
     Pin("faust Consumer._new_consumer_thread, AIOKafkaConsumerThread._create_worker_consumer;"
         " AIOKafkaConsumer._fetch_max_wait_ms", "adapters/transport.py", _fetch_max_wait),
+    Pin("faust Consumer._thread, AIOKafkaConsumerThread._consumer, AIOKafkaConsumer._fetcher, "
+        "Fetcher._fetch_max_wait_ms read per FetchRequest", "adapters/transport.py",
+        _fetch_wait_per_request),
     Pin("faust Consumer._paused_partitions/verify_event_path; Monitor.stream_inbound_time",
         "adapters/transport.py, adapters/direct.py", _stall_check),
     Pin("faust Producer._producer/.buffer.max_messages; AIOKafkaProducer._partitioner/"

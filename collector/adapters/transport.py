@@ -97,13 +97,26 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     broker holds it for ``fetch.max.wait.ms`` and nothing else is fetched meanwhile:
     at 1500 ms the worker ran dry for 1.5 s 22 times in 40 s at 4,000 events/s, and a
     flush's partials reached the merge up to 1.5 s late; shorter waits cost CPU per
-    event in a backlog, so the default stays 1500 (docs/benchmarks.md).
+    event in a backlog, so the worker starts with this one and sets the wait per raw
+    batch (:func:`set_fetch_max_wait`, ``collector.engine.schedule.FetchWait``).
     """
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 1500)
         return consumer
+
+
+def set_fetch_max_wait(consumer: Any, wait_ms: int) -> bool:
+    """Let the broker hold the worker's next fetches up to ``wait_ms`` when it has no data
+    for them (aiokafka's fetcher reads it for every request; a fetch in flight keeps the
+    wait it was sent with).  False while the aiokafka consumer has not started."""
+    aio: Any = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    fetcher = getattr(aio, "_fetcher", None)
+    if aio is None or fetcher is None:
+        return False
+    aio._fetch_max_wait_ms = fetcher._fetch_max_wait_ms = wait_ms  # a restart keeps it
+    return True
 
 
 class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):

@@ -23,6 +23,7 @@ from collector.adapters.output import KafkaOutput
 from collector.adapters.sensors import install_faust_sensors
 from collector.adapters.state import FaustState
 from collector.adapters.tables import Tables, set_changelog_buffer
+from collector.adapters.transport import set_fetch_max_wait
 from collector.config import Settings
 from collector.db.tables import SchemaMismatch, ensure_configured_tables
 from collector.engine.aggregator import Aggregator, Specs
@@ -34,6 +35,7 @@ from collector.engine.merger import Merger
 from collector.engine.processor import RawProcessor
 from collector.engine.quiet import QuietFollowUp
 from collector.engine.rejected import RejectedRows
+from collector.engine.schedule import FetchWait
 from collector.engine.sessions import KIND as SESSIONS_KIND
 from collector.engine.sessions import SEP as SESSIONS_SEP
 from collector.engine.sinkhub import SinkHub
@@ -142,6 +144,7 @@ class Runtime(mode.Service):
         #: one flush at a time: the timer and the flush after a drained backlog
         self._flush_lock = asyncio.Lock()
         self.backlog = BacklogWatch(settings.windows.flush_after_backlog_seconds)
+        self.fetch_wait = FetchWait(kafka.fetch_max_wait_caught_up_ms, kafka.fetch_max_wait_ms)
         quiet_s = windows.quiet_flush_seconds
         self.quiet = QuietFollowUp(quiet_s if quiet_s < windows.flush_interval_seconds else 0.0,
                                    self.flusher.waiting_quiet,
@@ -243,6 +246,9 @@ class Runtime(mode.Service):
         owned = self.owned(self.settings.kafka.raw_topics)
         caught_up = all(self.caught_up(topic, partition) for topic, partition in owned)
         lag_s = 0.0 if newest_s is None else time.time() - newest_s
+        wait_ms = self.fetch_wait.choose(caught_up, lag_s)
+        if wait_ms is not None and not set_fetch_max_wait(self.app.consumer, wait_ms):
+            self.fetch_wait.current = None  # not started: the next batch tries again
         if self.backlog.drained(caught_up, bool(self.aggregator.dirty), lag_s):
             self.add_future(self._flush_quietly())
             return True

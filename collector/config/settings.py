@@ -130,11 +130,17 @@ class KafkaSettings(_Section):
     )
     fetch_max_wait_ms: int = Field(
         default=1500, ge=0, le=30_000,
-        description="How long the broker may hold a fetch that finds no data (Faust's "
-        "1500).  While all raw partitions still hold fetched records, aiokafka asks only "
-        "for the others, often empty, and fetches nothing more until the broker answers: "
-        "under steady load 100-500 cut the latency p99 by 1-2 s, but cost 12-17% CPU per "
-        "event while a backlog is consumed (docs/benchmarks.md, seventeenth round).",
+        description="How long the broker may hold a fetch that finds no data while the "
+        "worker drains a backlog (records at least 5 s old; Faust's 1500).  Shorter waits "
+        "cost 12-17% CPU per event there (docs/benchmarks.md, seventeenth round).",
+    )
+    fetch_max_wait_caught_up_ms: int = Field(
+        default=200, ge=0, le=30_000,
+        description="The same wait while the worker keeps up.  While all raw partitions "
+        "still hold fetched records, aiokafka asks only for the others, often empty, and "
+        "fetches nothing more until the broker answers: at 1500 that held the raw "
+        "partitions back up to 1.5 s (the latency p99).  Equal to fetch_max_wait_ms: "
+        "one wait throughout.",
     )
     lean_handoff: bool = Field(
         default=True,

@@ -1,4 +1,5 @@
-"""The flush timer's pace: every interval from the start of the previous flush.
+"""Pacing: the flush timer's (every interval from the start of the previous flush), and
+the consumer's fetch wait (:class:`FetchWait`).
 
 Faust's timers sleep their interval after each run, so the flushes came every interval
 plus the flush's own time (5.4-6.3 s at 5 s with 10,000 users), and an event waited
@@ -39,3 +40,38 @@ class FixedRate:
         (a poll's delay does not add up), and half an interval after ``ended``."""
         due = ended if self.next_at is None else self.next_at
         self.next_at = max(due + self.interval_s, ended + self.interval_s / 2)
+
+
+@dataclass
+class FetchWait:
+    """How long the broker may hold a fetch that finds no data, chosen per raw batch.
+
+    aiokafka asks only for partitions whose fetched records are used up, and sends
+    nothing more to a broker while a fetch is in flight.  Under steady load the raw
+    partitions often all hold records, so the fetch in flight is for idle ones: at a
+    long wait the raw partitions then wait for it (up to 1.5 s, the latency p99).  While
+    a backlog drains, short waits cost 12-17% CPU per event instead
+    (docs/benchmarks.md, seventeenth round).  So: long from a record ``backlog_s`` old
+    until caught up or the records are fresh again (under steady load the worker is
+    rarely exactly at the high watermark), short otherwise.
+    """
+
+    caught_up_ms: int
+    backlog_ms: int
+    #: a flush tick holds the worker up to a second: records that old are no backlog
+    backlog_s: float = 5.0
+    #: the wait last set (None: the consumer's own, ``backlog_ms``)
+    current: int | None = None
+    behind: bool = False
+
+    def choose(self, caught_up: bool, lag_s: float) -> int | None:
+        """The wait to set now, or None to leave it; ``lag_s``: the newest record's age."""
+        if caught_up or lag_s < self.backlog_s / 2:
+            self.behind = False
+        elif lag_s >= self.backlog_s:
+            self.behind = True
+        want = self.backlog_ms if self.behind else self.caught_up_ms
+        if want == (self.backlog_ms if self.current is None else self.current):
+            return None
+        self.current = want
+        return want
