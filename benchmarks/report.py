@@ -172,9 +172,11 @@ def render(results: dict[str, Any]) -> str:
         out.append("")
         out.append(format_table(
             ("scaling N", "events/s", "µs CPU/event", "µs CPU/event (consume only)",
-             "peak RSS MB"),
+             "peak RSS MB", "runs: µs CPU/event, peak RSS MB"),
             [[p["n"], p["events_per_s"], p["cpu_us_per_event"],
-              p.get("consume_only_cpu_us_per_event"), p["peak_rss_mb"]]
+              p.get("consume_only_cpu_us_per_event"), p["peak_rss_mb"],
+              "; ".join(f"{r['cpu_us_per_event']:g}, {r['peak_rss_mb']:g}"
+                        for r in p.get("runs", []))]
              for p in scaling["points"]]))
         out.append(f"per-event CPU change smallest->largest N: "
                    f"{_fmt(scaling.get('cpu_change_pct'))}% incl. flush, "

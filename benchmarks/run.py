@@ -5,7 +5,8 @@
                              [--quix-groupby repartition|inplace] ...
 
 Environment defaults (so ``BENCH_N=20000 make bench`` works): BENCH_N,
-BENCH_LATENCY_SECONDS, BENCH_MODES, BENCH_SCALING (1 to run it).  See docs/benchmarks.md.
+BENCH_LATENCY_SECONDS, BENCH_MODES, BENCH_SCALING (1 to run it), BENCH_SCALING_REPEATS
+(runs per size, default 3).  See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -70,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling", action="store_true", default=env.get("BENCH_SCALING") == "1",
                    help="also measure the pipeline's per-event cost at --scaling-sizes")
     p.add_argument("--scaling-sizes", default="50000,500000")
+    p.add_argument("--scaling-repeats", type=int,
+                   default=int(env.get("BENCH_SCALING_REPEATS", "3")),
+                   help="runs per size, sizes interleaved; each point is their median "
+                   "(one run's CPU/event moved 10-15%% with the machine)")
     p.add_argument("--skip-ceiling", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--skip-quix", action="store_true",
@@ -227,6 +233,31 @@ async def drop_run(settings: Settings, tag: str | None) -> None:
         log(f"dropping {what} FAILED (the next bench retries): {exc!r}"[:500])
 
 
+#: what a scaling point reports: the median of its runs'
+SCALING_MEDIANS = ("events_per_s", "cpu_us_per_event", "consume_only_cpu_us_per_event",
+                   "peak_rss_mb")
+
+
+def scaling_run(res: dict[str, Any]) -> dict[str, Any]:
+    pipe = res["pipeline"]
+    return {"events_per_s": pipe["events_per_s"], "cpu_us_per_event": pipe["cpu_us_per_event"],
+            "consume_only_cpu_us_per_event": pipe["consume_only"]["cpu_us_per_event"],
+            "peak_rss_mb": pipe["peak_rss_mb"], "tag": res["tag"],
+            "complete": pipe["complete"],
+            "unexpected_dead_letters": pipe["counters"]["unexpected_dead_letters"]}
+
+
+def scaling_point(size: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size: the median of each measure over its runs, every run kept beside it."""
+    point: dict[str, Any] = {"n": size}
+    for key in SCALING_MEDIANS:
+        point[key] = round(statistics.median(run[key] for run in runs), 2)
+    point["complete"] = all(run["complete"] for run in runs)
+    point["unexpected_dead_letters"] = max(run["unexpected_dead_letters"] for run in runs)
+    point["runs"] = runs
+    return point
+
+
 def change_pct(points: list[dict[str, Any]], key: str) -> float | None:
     first, last = points[0][key], points[-1][key]
     return round((last - first) / first * 100, 1) if first else None
@@ -266,21 +297,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["latency"] = res.pop("latency")
         results["modes"][mode] = res
     if args.scaling and not args.skip_pipeline:
-        points = []
-        for size in (int(s) for s in args.scaling_sizes.split(",") if s):
-            res = await run_mode(args, "single", size, workdir, pipeline_only=True)
-            if "pipeline" not in res:
-                results.setdefault("errors", []).extend(res["errors"])
-                continue
-            pipe = res["pipeline"]
-            points.append({"n": size, "events_per_s": pipe["events_per_s"],
-                           "cpu_us_per_event": pipe["cpu_us_per_event"],
-                           "consume_only_cpu_us_per_event":
-                               pipe["consume_only"]["cpu_us_per_event"],
-                           "peak_rss_mb": pipe["peak_rss_mb"], "tag": res["tag"]})
-            points[-1]["complete"] = pipe["complete"]
-            points[-1]["unexpected_dead_letters"] = pipe["counters"]["unexpected_dead_letters"]
-            log(f"scaling N={size:,}: {pipe['cpu_us_per_event']} µs CPU/event")
+        sizes = [int(s) for s in args.scaling_sizes.split(",") if s]
+        runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+        for _ in range(max(1, args.scaling_repeats)):  # interleaved: drift hits all sizes
+            for size in sizes:
+                res = await run_mode(args, "single", size, workdir, pipeline_only=True)
+                if "pipeline" not in res:
+                    results.setdefault("errors", []).extend(res["errors"])
+                    continue
+                runs[size].append(scaling_run(res))
+                log(f"scaling N={size:,}: {res['pipeline']['cpu_us_per_event']} µs CPU/event")
+        points = [scaling_point(size, runs[size]) for size in sizes if runs[size]]
         results["scaling"] = {} if not points else {
             "points": points,
             "cpu_change_pct": change_pct(points, "cpu_us_per_event"),

@@ -239,3 +239,22 @@ def test_batch50_goal_is_issue_17s_60000() -> None:
     assert (found["goal"], found["met"]) == (">= 60,000", False)
     results["modes"]["batch50"]["pipeline"]["events_per_s"] = 60_000.0
     assert {t["name"]: t for t in targets(results)}["batch50: pipeline events/s"]["met"]
+
+
+def test_a_scaling_point_is_the_median_of_its_runs_with_every_run_kept() -> None:
+    from benchmarks.run import scaling_point
+
+    def run(cpu: float, rss: float, complete: bool = True, dead: float = 0.0) -> dict[str, object]:
+        return {"events_per_s": 1000 / cpu, "cpu_us_per_event": cpu,
+                "consume_only_cpu_us_per_event": cpu - 10, "peak_rss_mb": rss,
+                "tag": "b0", "complete": complete, "unexpected_dead_letters": dead}
+
+    runs = [run(116.0, 230.0), run(88.0, 214.0, dead=3.0), run(101.0, 221.0, complete=False)]
+    point = scaling_point(50_000, runs)
+    assert (point["cpu_us_per_event"], point["peak_rss_mb"]) == (101.0, 221.0)
+    assert point["consume_only_cpu_us_per_event"] == 91.0
+    assert point["complete"] is False  # one incomplete run makes the point incomplete
+    assert point["unexpected_dead_letters"] == 3.0
+    assert point["runs"] == runs
+    text = render({"scaling": {"points": [point], "cpu_change_pct": None}})
+    assert "116, 230; 88, 214; 101, 221" in text
