@@ -145,6 +145,7 @@ class Runtime(mode.Service):
         self._flush_lock = asyncio.Lock()
         self.backlog = BacklogWatch(settings.windows.flush_after_backlog_seconds)
         self.fetch_wait = FetchWait(kafka.fetch_max_wait_caught_up_ms, kafka.fetch_max_wait_ms)
+        self.metrics.fetch_max_wait.set(kafka.fetch_max_wait_ms)
         quiet_s = windows.quiet_flush_seconds
         self.quiet = QuietFollowUp(quiet_s if quiet_s < windows.flush_interval_seconds else 0.0,
                                    self.flusher.waiting_quiet,
@@ -247,8 +248,11 @@ class Runtime(mode.Service):
         caught_up = all(self.caught_up(topic, partition) for topic, partition in owned)
         lag_s = 0.0 if newest_s is None else time.time() - newest_s
         wait_ms = self.fetch_wait.choose(caught_up, lag_s)
-        if wait_ms is not None and not set_fetch_max_wait(self.app.consumer, wait_ms):
-            self.fetch_wait.current = None  # not started: the next batch tries again
+        if wait_ms is not None:
+            if set_fetch_max_wait(self.app.consumer, wait_ms):
+                self.metrics.fetch_max_wait.set(wait_ms)
+            else:
+                self.fetch_wait.current = None  # not started: the next batch tries again
         if self.backlog.drained(caught_up, bool(self.aggregator.dirty), lag_s):
             self.add_future(self._flush_quietly())
             return True

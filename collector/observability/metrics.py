@@ -110,3 +110,8 @@ class Metrics:
             "consumer_lag", "Fetch high watermark - committed offset", ["topic", "partition"],
             namespace=ns, registry=registry,
         )
+        self.fetch_max_wait = Gauge(
+            "kafka_fetch_max_wait_ms", "How long the broker may hold the worker's fetches "
+            "that find no data: short while it keeps up, long while it drains a backlog",
+            namespace=ns, registry=registry,
+        )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -13,6 +15,17 @@ from tests.e2e.kafka_io import produce, read_until, settings_for
 from tests.e2e.workers import Worker, isolated_env
 
 pytestmark = pytest.mark.e2e
+
+
+async def fetch_wait_ms(port: int) -> float | None:
+    async with aiohttp.ClientSession() as session, session.get(
+        f"http://127.0.0.1:{port}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+    ) as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("collector_kafka_fetch_max_wait_ms "):
+            return float(line.rpartition(" ")[2])
+    return None
 
 
 async def test_worker_processes_a_raw_event(
@@ -48,3 +61,14 @@ async def test_worker_processes_a_raw_event(
     assert orjson.loads(dead.value)["reason"] == "malformed_json"
     assert dict(dead.headers)["x-collector-reason"] == b"malformed_json"
     assert len(records) == 2, "exactly one output per consumed event"
+
+    # fresh records: the worker keeps up, so its fetches wait the short time, not 1500 ms
+    # (engine/schedule.py FetchWait; the policy's other cases are unit tests)
+    assert settings.kafka.fetch_max_wait_caught_up_ms == 200
+    waits = []
+    for _ in range(50):
+        waits.append(await fetch_wait_ms(worker.port))
+        if waits[-1] == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert waits[0] is not None and waits[-1] == 200, waits
