@@ -70,6 +70,12 @@ class CollectorApp(faust.App):
         ``producer_request_timeout`` (20 min) and SIGTERM seems ignored.  Records left
         unsent were never acknowledged, so no offset past them was committed and a
         restart reprocesses them."""
+        if not self.should_stop:
+            # Faust flushes at every rebalance that revokes partitions too; the exit
+            # below is only for a shutdown (armed there, it killed a survivor 60 s after
+            # its peer joined: exit code 1 in the middle of a failover)
+            await super()._producer_flush(logger)
+            return
         timeout = self.shutdown_flush_timeout
         # The rest of the shutdown hangs on an unreachable broker too, records left or
         # not: aiokafka's producer.stop() waits for undeliverable batches, and the

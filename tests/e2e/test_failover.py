@@ -142,8 +142,14 @@ async def failover(exp: Expectation, stopped: Worker, survivor: Worker, sig: int
             assert set(statuses) <= {"200", "503+Retry-After"}, statuses
             return elapsed
         failed += 0 if not exited else 1
+        assert survivor.proc is not None
+        if survivor.proc.poll() is not None:
+            raise AssertionError(
+                f"{label}: the survivor exited with {survivor.proc.returncode}; its log "
+                f"ends:\n{survivor.text()[-6000:]}")
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
-    raise AssertionError(f"{label}: survivor not correct 120 s after the stop")
+    raise AssertionError(f"{label}: survivor not correct 120 s after the stop; its log "
+                         f"ends:\n{survivor.text()[-6000:]}")
 
 
 async def test_two_workers_route_and_fail_over(migrated: Settings, tmp_path: Path) -> None:
