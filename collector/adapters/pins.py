@@ -205,6 +205,17 @@ def _rocksdb_options() -> None:
         raise TypeError("rocksdb Store no longer opens databases with rocksdb_options")
 
 
+def _recovery_offsets() -> None:
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer
+
+    for name in ("active_tps", "standby_tps", "active_offsets", "standby_offsets"):
+        _in_init(Recovery, name)
+    if "await self.perform_seek()" not in inspect.getsource(Consumer.getmany):
+        raise TypeError("Consumer.getmany no longer seeks after dropping what it fetched")
+    _has(Consumer, "seek_wait", "position", "perform_seek")
+
+
 PINS: list[Pin] = [
     Pin("faust.streams._current_event (ContextVar)", "adapters/state.py", _current_event),
     Pin("faust rocksdb Store._set/_del(key, value), _db_for_partition(partition) (one "
@@ -230,6 +241,9 @@ PINS: list[Pin] = [
     Pin("PrometheusMonitor._clear_partition_related_metrics", "adapters/sensors.py",
         _prometheus_clear),
     Pin("faust aiohttp Web blueprint lists and web_app", "adapters/web.py", _web_blueprints),
+    Pin("faust Recovery.active_tps/standby_tps/active_offsets/standby_offsets; "
+        "Consumer.getmany's perform_seek after dropping records", "adapters/recovery_seek.py",
+        _recovery_offsets),
     Pin("faust Table.apply_changelog_batch(batch), called by Recovery", "adapters/tables.py",
         _apply_changelog_batch),
     Pin("faust Table._new_store(); rocksdb Store.rocksdb_options (RocksDBOptions."

@@ -32,6 +32,7 @@ from faust.types import TP
 from mode import Service
 
 from collector.adapters.direct import DIRECT_BATCH_MAX, DirectDelivery, DirectHandler
+from collector.adapters.recovery_seek import rewind_changelogs
 
 
 class Resumed:
@@ -211,9 +212,11 @@ class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
         committed yet (a rebalance in the group's first commit interval) kept its fetch
         position past the dropped records, and they were never processed: measured,
         ``event_stats`` rows final but short.  Replays from the beginning are skipped by
-        the offset guards, as when a new member starts.  Changelogs are left to recovery.
+        the offset guards, as when a new member starts.  Changelog partitions go back to
+        where their recovery is (:mod:`collector.adapters.recovery_seek`).
         """
         committed = await super().seek_to_committed()
+        await rewind_changelogs(self)  # no commits there: see recovery_seek
         if self.app.conf.consumer_auto_offset_reset == "earliest":
             acks = self.app.topics.acks_enabled_for
             rewind = [tp for tp, offset in committed.items() if not offset and acks(tp.topic)]

@@ -65,6 +65,7 @@ def consumer(client: Client, reset: str = "earliest") -> LeanHandoffConsumer:
     c.app = SimpleNamespace(  # type: ignore[misc]
         conf=SimpleNamespace(consumer_auto_offset_reset=reset),
         topics=SimpleNamespace(acks_enabled_for=lambda topic: topic == RAW),
+        tables=SimpleNamespace(changelog_topics=set()),  # no changelogs to rewind
     )
     c._thread = Thread(client)  # type: ignore[assignment]
     c._read_offset = {}  # type: ignore[assignment]
