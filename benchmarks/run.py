@@ -32,6 +32,7 @@ from benchmarks.common import (
     load_average,
     machine,
     new_tag,
+    one_window_event_time,
     produce,
     run_cli,
     settings_for,
@@ -129,7 +130,8 @@ async def _run_mode(args: argparse.Namespace, mode: str, n: int, workdir: Path, 
     settings = settings_for(env)
     result: dict[str, Any] = {"tag": tag, "batch": batch, "n": n, "workdir": str(workdir)}
     log(f"{mode}: producing {n:,} events (batch {batch}) into {tag}.raw.*")
-    summary = produce(env, n, batch, args.users)
+    summary = produce(env, n, batch, args.users,
+                      event_time_ms=one_window_event_time(int(time.time() * 1000)))
     expected = summary["produced"]
     events, messages, valid = expected["events"], expected["messages"], expected["valid"]
     dead = sum(expected["dead_lettered"].values())

@@ -97,7 +97,8 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     )
     with progress_bar("producing events", show=not args.json) as report:
         summary = asyncio.run(produce(settings, config, rate=args.rate, progress=report,
-                                      report_every=args.report_every))
+                                      report_every=args.report_every,
+                                      event_time_ms=args.event_time_ms))
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--batch", type=int, default=1, help="events per envelope (1: none)")
     prod.add_argument("--seed", type=int, default=42,
                       help="random seed: the same seed writes the same events (default 42)")
+    prod.add_argument("--event-time-ms", type=int, default=None, metavar="EPOCH_MS",
+                      help="stamp every event within 2 s before this time instead of the "
+                      "time it is generated (benchmarks: runs of any size then span the "
+                      "same windows)")
     prod.add_argument("--report-every", type=float, default=0.0, metavar="SECONDS",
                       help="also print a JSON progress line to stdout this often (for "
                       "logs, where no bar is drawn; default 0: never)")

@@ -23,12 +23,14 @@ PROGRESS_EVERY = 500
 async def produce(
     settings: Settings, config: GeneratorConfig, rate: float = 0.0, linger_ms: int = 5,
     progress: Callable[[int, int], None] | None = None, report_every: float = 0.0,
+    event_time_ms: int | None = None,
 ) -> dict[str, Any]:
     """Send every generated message, paced to ``rate`` events/s when > 0; return a summary.
 
     ``progress(events sent, events in all)`` is called every ``PROGRESS_EVERY`` events.
     With ``report_every`` > 0 a JSON line goes to stdout that often (s): a producer
     that runs for hours into a log file (the demo's) shows that it works.
+    ``event_time_ms``: the generator's clock stands still there (see ``--event-time-ms``).
     """
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
@@ -38,7 +40,8 @@ async def produce(
         acks="all",
     )
     await producer.start()
-    generator = Generator(config)
+    generator = (Generator(config) if event_time_ms is None
+                 else Generator(config, clock=lambda: event_time_ms / 1000))
     started = time.perf_counter()
     slots = reported = 0
     next_report = started + report_every if report_every > 0 else float("inf")

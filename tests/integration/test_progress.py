@@ -64,3 +64,26 @@ def test_produce_reports_into_a_log_file_as_the_demo_runs_it(
     assert all(0 < r["events"] <= 2400 and "events_per_second" in r for r in reports)
     assert [r["events"] for r in reports] == sorted(r["events"] for r in reports)
     assert summary["produced"]["events"] == 2400
+
+
+async def test_produce_with_a_fixed_event_time_stamps_every_event_just_before_it(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """The benchmarks' ``--event-time-ms``: events of a run of any length span 2 s."""
+    import orjson
+
+    from benchmarks.common import one_window_event_time
+    from tests.e2e.kafka_io import read_until
+
+    settings = settings_for_env(isolated_env(tmp_path))
+    at = one_window_event_time(1_699_999_980_500)  # 0.5 s into a minute: the one before
+    assert at == 1_699_999_979_999 and at // 60_000 == (at - 2_000) // 60_000
+    assert one_window_event_time(1_700_000_030_000) == 1_700_000_030_000
+    config = GeneratorConfig(events=600, sources=tuple(settings.kafka.sources))
+    await produce(settings, config, event_time_ms=at)
+    topics = [settings.kafka.raw_topic(s) for s in settings.kafka.sources]
+    records = await read_until(settings, topics, lambda got: len(got) >= 600)
+    stamps = [orjson.loads(r.value)["ts"] for r in records]
+    assert len(stamps) == 600
+    valid = [ts for ts in stamps if ts < at + 60_000]  # malformed_share is 0 here
+    assert valid == stamps and all(at - 2_000 <= ts <= at for ts in stamps)
