@@ -296,7 +296,7 @@ class AppSettings(_Section):
     store: Literal["rocksdb", "memory"] = Field(default="rocksdb", description="Table store.")
     datadir: Path = Field(default=Path(".local/faust"), description="Table state directory.")
     rocksdb_write_buffer_mb: int = Field(default=8, ge=1, description="RocksDB memtable size (MB) per table partition, two per partition. Faust's 64 MB x 3 let the worker's memory grow with the events written.")  # noqa: E501
-    rocksdb_memory_mb: int = Field(default=128, ge=8, description="RocksDB memory (MB) for the whole worker: one block cache shared by every table partition, memtables and index/filter blocks charged to it (memtables up to half). Faust's defaults gave each partition its own 2 GB cache and 192 MB of memtables.")  # noqa: E501
+    rocksdb_memory_mb: int = Field(default=32, ge=8, description="RocksDB memory (MB) for the whole worker: one block cache shared by every table partition, memtables and index/filter blocks charged to it (memtables up to half). Faust's defaults gave each partition its own 2 GB cache and 192 MB of memtables; 128 let a 500k-event run peak 20-25 MB higher than 32 with no CPU to show for it (docs/benchmarks.md). Raise it when the state cache misses often (many more users than app.state_cache_keys).")  # noqa: E501
     state_cache_keys: int = Field(default=20_000, ge=0, description="Decoded state entries a worker keeps in process per table (0: none), the least recently written evicted first; reads of the others go to the store. About 1-5 KB each: keep it above the users a worker sees within a flush interval or two (sessions entries are never cached).")  # noqa: E501
     standby_replicas: int = Field(default=1, ge=0, description="Table standby replicas.")
     instance_id: str = Field(
