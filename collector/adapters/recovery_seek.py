@@ -5,13 +5,13 @@ when flow stopped meanwhile (a rebalance), then seeks the stream partitions back
 their committed offsets (``perform_seek``).  Changelog partitions have no committed
 offset: their position stayed past the dropped records, so recovery waited for them
 forever ("No event received for active tp ... since recovery start") and the worker
-never served again.  Seen in CI and here, in about 1 failover test in 5: the survivor
-took over partitions it had been the standby of, 80 records were fetched in the flow
+never served again.  Seen in CI and here, in about 1 failover test in 11: the survivor
+took over partitions it had been the standby of, 79 records were fetched in the flow
 gap, and it answered 503 for the test's 120 s.
 
 After every ``perform_seek`` each changelog partition that recovery reads (active or
-standby) whose fetch position is past the last offset recovery has seen goes back to
-that offset, as Faust's own recovery seek does.  Records fetched again that were only
+standby) whose fetch position is past the offset after the last one recovery has seen
+goes back there.  Records fetched again that were only
 waiting in the changelog queue are skipped by recovery (it ignores offsets it has seen).
 """
 
