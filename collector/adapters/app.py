@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
+from collector.adapters.checkpoint import Checkpoint
 from collector.kafka.clients import ssl_context
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class CollectorApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direct_handlers = {}
+        #: run before every offset commit (collector.adapters.checkpoint)
+        self.state_checkpoints: list[Checkpoint] = []
         #: aiohttp middlewares of the web server (every route: collector.web.auth)
         self.web_middlewares: list[Any] = []
 

@@ -18,6 +18,8 @@ from typing import Any
 #: sha256 (first 16 hex) of Faust's ``Consumer._drain_messages`` source that
 #: ``LeanHandoffConsumer._drain_messages`` was copied from (faust-streaming 0.15.3)
 DRAIN_MESSAGES_SHA = "44a2500309e83c63"
+#: the same for ``Consumer._commit_tps``, copied by ``CheckpointCommit._commit_tps``
+COMMIT_TPS_SHA = "a20e230b05ae8b15"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,19 @@ def _drain_messages() -> None:
         raise AssertionError(
             f"Faust's Consumer._drain_messages changed (sha {digest}): compare it with "
             "LeanHandoffConsumer._drain_messages, port the change, update DRAIN_MESSAGES_SHA")
+
+
+def _commit_tps() -> None:
+    from faust.transport.consumer import Consumer
+
+    _has(Consumer, "_filter_committable_offsets", "_handle_attached", "_commit_offsets",
+         "crash")
+    source = inspect.getsource(Consumer._commit_tps)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    if digest != COMMIT_TPS_SHA:
+        raise AssertionError(
+            f"Faust's Consumer._commit_tps changed (sha {digest}): compare it with "
+            "CheckpointCommit._commit_tps, port the change, update COMMIT_TPS_SHA")
 
 
 def _consumer_internals() -> None:
@@ -223,6 +238,8 @@ PINS: list[Pin] = [
     Pin("faust Consumer._committed_offset/_read_offset", "adapters/consumer.py",
         _consumer_offsets),
     Pin("faust Consumer._drain_messages (copied)", "adapters/transport.py", _drain_messages),
+    Pin("faust Consumer._commit_tps (copied), _filter_committable_offsets/_handle_attached/"
+        "_commit_offsets", "adapters/checkpoint.py", _commit_tps),
     Pin("faust Consumer._unacked_messages/_on_message_in/_commit_every/_n_acked/_stopped",
         "adapters/transport.py, adapters/direct.py", _consumer_internals),
     Pin("faust Consumer._new_consumer_thread, AIOKafkaConsumerThread._create_worker_consumer;"

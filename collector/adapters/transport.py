@@ -31,6 +31,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service
 
+from collector.adapters.checkpoint import CheckpointCommit
 from collector.adapters.direct import DIRECT_BATCH_MAX, DirectDelivery, DirectHandler
 from collector.adapters.recovery_seek import rewind_changelogs
 
@@ -120,12 +121,13 @@ def set_fetch_max_wait(consumer: Any, wait_ms: int) -> bool:
     return True
 
 
-class LeanHandoffConsumer(DirectDelivery, faust_aiokafka.Consumer):
+class LeanHandoffConsumer(CheckpointCommit, DirectDelivery, faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with :func:`start_delivery` in its fetch loop.
 
     ``_drain_messages`` is Faust's (faust-streaming 0.15: ``transport/consumer.py``)
     line for line, except the ``wait_first`` per message, which now happens only when
-    flow is suspended or the delivery suspended.
+    flow is suspended or the delivery suspended.  Every commit checkpoints the window
+    state first (:class:`collector.adapters.checkpoint.CheckpointCommit`).
     """
 
     #: (pause, resume) partition sets waiting for the top of the fetch loop

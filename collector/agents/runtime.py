@@ -99,9 +99,12 @@ class Runtime(mode.Service):
         kafka, windows = settings.kafka, settings.windows
         self.specs = Specs.from_settings(settings)
         changelog = self.output if kafka.bulk_changelog else None
+        checkpoints = getattr(app, "state_checkpoints", None)  # run before each commit
+        per_commit = kafka.changelog_per_commit and checkpoints is not None
         self.window_state = FaustState(tables.state, kafka.raw_topics[0], output=changelog,
                                        cache_max=settings.app.state_cache_keys,
-                                       uncached=(SESSIONS_KIND + SESSIONS_SEP, CHUNK_PREFIX))
+                                       uncached=(SESSIONS_KIND + SESSIONS_SEP, CHUNK_PREFIX),
+                                       coalesce=per_commit)
         self.aggregator = Aggregator(self.window_state, self.specs)
         self.processor = RawProcessor(settings, self.enricher, self.metrics,
                                       aggregator=self.aggregator)
@@ -134,7 +137,10 @@ class Runtime(mode.Service):
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
         self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog,
-                                       cache_max=settings.app.state_cache_keys)
+                                       cache_max=settings.app.state_cache_keys,
+                                       coalesce=per_commit)
+        if checkpoints is not None:
+            checkpoints += [self.window_state.checkpoint, self.merger_state.checkpoint]
         self.merger = Merger(
             state=self.merger_state, specs=self.specs,
             expected_slots=[f"{t}|{p}" for t in kafka.raw_topics for p in range(kafka.partitions)],

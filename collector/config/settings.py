@@ -113,6 +113,13 @@ class KafkaSettings(_Section):
         description="Send window state changelog records as one record batch per "
         "partition and processing batch; false: Faust's one send per key (slower).",
     )
+    changelog_per_commit: bool = Field(
+        default=True,
+        description="Keep each window state key's newest value in memory and send it to "
+        "the store and changelog once per offset commit (before it), not once per "
+        "batch: a key a commit interval's batches all touch costs one record.  A crash "
+        "reprocesses from the committed offset either way.  False: once per batch.",
+    )
     stream_buffer_maxsize: int = Field(
         default=4096, ge=1,
         description="Messages buffered per partition before a stream's delivery waits "
