@@ -42,6 +42,9 @@ class CheckpointCommit:
         async def crash(self, reason: BaseException) -> None: ...
 
     async def _commit_tps(self, tps: Iterable[Any], start_new_transaction: bool) -> bool:
+        fenced = getattr(self, "fenced", None)
+        if fenced is not None and fenced():  # frozen past its session: it owns nothing
+            return False
         commit_offsets = self._filter_committable_offsets(tps)
         if commit_offsets:
             try:
