@@ -14,10 +14,14 @@ CI when Faust's changes.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from faust.exceptions import ProducerSendError
+
+log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[], Awaitable[None]]
 
@@ -26,6 +30,27 @@ async def checkpoint_all(app: Any) -> None:
     """Run every checkpoint the app has (``CollectorApp.state_checkpoints``), in order."""
     for checkpoint in getattr(app, "state_checkpoints", ()):
         await checkpoint()
+
+
+async def checkpoint_before_handover(app: Any, limit_s: float) -> bool:
+    """Checkpoint while partitions are being revoked, before the group moves them: the
+    new owner's recovery then finds every value this worker computed.  Faust commits
+    nothing when it revokes an assignment it already gave up, so without this the values
+    waited for a commit that never came; written after the rebalance instead, they
+    landed behind the new owner's recovery and rows came out short; dropped, a batch
+    that finished after the drop acked events whose state was gone (both measured in
+    tests/e2e/test_rebalance.py, stream mode).  Bounded by ``limit_s`` (an unreachable
+    broker): False then, and the values are written without waiting."""
+    try:
+        await asyncio.wait_for(checkpoint_all(app), limit_s)
+    except TimeoutError:
+        log.warning("window state checkpoint before a rebalance not done after %.0fs: "
+                    "going on (the broker slow or unreachable?)", limit_s)
+        return False
+    except Exception:
+        log.exception("window state checkpoint before a rebalance failed")
+        return False
+    return True
 
 
 class CheckpointCommit:
@@ -65,4 +90,4 @@ class CheckpointCommit:
         return False
 
 
-__all__ = ["Checkpoint", "CheckpointCommit", "checkpoint_all"]
+__all__ = ["Checkpoint", "CheckpointCommit", "checkpoint_all", "checkpoint_before_handover"]

@@ -89,10 +89,9 @@ class FaustState:
         self._stand_ins: dict[int, _StandIn] = {}
         self._refs: dict[int, weakref.ref[_StandIn]] = {}
         #: key -> the value last written through this object (0 disables the cache),
-        #: least recently written first.  A bound on what a worker keeps between batches:
-        #: the hot set is a window or two per active user, but a cache that only clears
-        #: when full kept every window a backlog touched (issue 15: 761 MB against 475 MB
-        #: without it, catching up after a 4-minute MySQL outage with 10,000 users)
+        #: least recently written first.  Bounded: a cache that only cleared when full
+        #: kept every window a backlog touched (issue 15: 761 MB against 475 MB without
+        #: it, catching up after a 4-minute MySQL outage with 10,000 users)
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._cache_max = cache_max
         #: key prefixes never cached: entries read once a flush or less, which would
@@ -133,14 +132,14 @@ class FaustState:
         self._direct_json = (getattr(table, "key_serializer", None) == "json"
                              and getattr(table, "value_serializer", None) == "json")
 
-    def invalidate(self) -> None:
+    def invalidate(self, drop: bool = False) -> None:
         """Forget cached values: call on rebalance, before changelog recovery writes.
-
-        Coalesced values are dropped: no commit covered them (a commit checkpoints
-        first), and after a rebalance every partition is read again from its committed
-        offset, here or by its new owner.  Written, they reached the changelog after the
-        partition had moved, and rows came out short (tests/e2e/test_rebalance.py)."""
-        self._dirty.clear()
+        Coalesced values are written first (the revoke checkpointed them already, see
+        collector.adapters.checkpoint), or with ``drop`` forgotten: a fenced worker's."""
+        if drop:
+            self._dirty.clear()
+        else:
+            self._write_dirty()
         self._flush_store()  # ours first: recovery must write after them, not before
         self._cache.clear()
 

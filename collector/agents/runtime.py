@@ -1,8 +1,5 @@
-"""Per-worker resources the agents share: metrics, enrichment, windows, sinks.
-
-One instance per app, started and stopped with it (a dependency of the app service),
-so connections are closed on shutdown and nothing lives in bare module globals.
-"""
+"""Per-worker resources the agents share: metrics, enrichment, windows, sinks.  One
+instance per app, started and stopped with it (a dependency of the app service)."""
 
 from __future__ import annotations
 
@@ -49,7 +46,6 @@ from collector.observability.summary import RateHistory, Totals, totals_of
 from collector.sinks import InfluxSink, MySQLSink
 
 log = logging.getLogger(__name__)
-
 
 #: changelog records Faust may buffer before it throttles the streams (Faust: 100)
 CHANGELOG_BUFFER_MAX = 20_000
@@ -127,18 +123,19 @@ class Runtime(mode.Service):
         for sink in self.sinks.sinks:
             sink.on_rejected = self.rejected  # type: ignore[method-assign]
             sink.fenced = self.fenced
+        self._held_rows: list[Any] = []  # the flusher's, until the next checkpoint
         self.flusher = Flusher(
             aggregator=self.aggregator, state=self.window_state, specs=self.specs,
             raw_topics=kafka.raw_topics, idle_timeout_s=windows.idle_timeout_seconds,
             send_partial=self._send_partial, partials_partitions=kafka.partitions,
-            add_user_rows=self.sinks.add, caught_up=self.caught_up,
+            add_user_rows=self._held_rows.extend, caught_up=self.caught_up,
             session_update_s=windows.session_update_seconds,
             row_budget=self.row_budget,
         )
         self.mysql_sink.on_written = self.flusher.on_user_rows_written  # type: ignore[method-assign]
+        # not coalesced: it writes rows as it merges (and it merges few records)
         self.merger_state = FaustState(tables.merged, kafka.partials_topic, output=changelog,
-                                       cache_max=settings.app.state_cache_keys,
-                                       coalesce=per_commit)
+                                       cache_max=settings.app.state_cache_keys)
         if checkpoints is not None:
             checkpoints += [self.window_state.checkpoint, self.merger_state.checkpoint]
         self.merger = Merger(
@@ -195,8 +192,11 @@ class Runtime(mode.Service):
         async with self._flush_lock:
             combined = await self.flusher.tick(self.owned(kafka.raw_topics))
             merged = self.merge_tick()
-            await self.window_state.submit()
+            # rows only once the changelog has what they show (test_zombie: else lower)
+            await self.window_state.checkpoint()
             await self.merger_state.submit()
+            held, self._held_rows[:] = list(self._held_rows), []
+            self.sinks.add(held)
         self.apply_backpressure()
         self.quiet.after_flush(self.flusher.sessions_waiting(), self.flusher.last_tick_s,
                                self.add_future)
@@ -285,10 +285,10 @@ class Runtime(mode.Service):
         position = max(self.processor.next_offsets.get((topic, partition), 0), committed)
         return position >= int(highwater)
 
-    def on_rebalance(self) -> None:
+    def on_rebalance(self, drop: bool = False) -> None:
         """Partitions were revoked or assigned: recovery may rewrite the stores."""
-        self.window_state.invalidate()
-        self.merger_state.invalidate()
+        self.window_state.invalidate(drop)
+        self.merger_state.invalidate(drop)
 
     def on_rebalanced(self) -> None:
         self.on_rebalance()

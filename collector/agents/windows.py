@@ -14,6 +14,7 @@ from typing import Any
 import faust
 import orjson
 
+from collector.adapters.checkpoint import checkpoint_before_handover
 from collector.agents.runtime import Runtime
 from collector.engine.schedule import FixedRate
 from collector.observability.logs import where
@@ -74,7 +75,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 schedule.ran(time.monotonic())
 
     async def forget_cached_state(sender: Any, revoked: Any = None, **kwargs: Any) -> None:
-        runtime.on_rebalance()
+        fenced = runtime.fenced()  # frozen past its session: what it holds is stale
+        if not fenced:
+            await checkpoint_before_handover(app, kafka.shutdown_flush_timeout)
+        runtime.on_rebalance(drop=fenced)
 
     async def rescan_after_rebalance(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
         runtime.on_rebalanced()

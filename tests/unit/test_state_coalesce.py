@@ -74,31 +74,34 @@ async def test_an_evicted_or_uncached_value_is_read_back_from_memory(table: Any)
     assert dict(state.items()) == {"u|1": {"n": 1}, "u|2": {"n": 2}, "i|1": {"ids": ["e"]}}
 
 
-async def test_a_rebalance_drops_what_no_commit_covered(table: Any) -> None:  # noqa: F811
-    """invalidate() runs on every rebalance, after which each partition is read again
-    from its committed offset: values no checkpoint sent are dropped.  Written then,
-    they reached the changelog behind the new owner's recovery (rows short, e2e)."""
+async def test_a_rebalance_writes_what_waits(table: Any) -> None:  # noqa: F811
+    """invalidate() runs before recovery rewrites the store: values still waiting (a
+    batch that finished during the revoke's checkpoint) go to the store first."""
     out = Producer()
     state = FaustState(table, "raw", output=out, coalesce=True)
     state.set(3, "w", {"n": 5})
-    done = asyncio.ensure_future(state.checkpoint())
-    await asyncio.sleep(0)
-    out.ack(0)
-    await asyncio.wait_for(done, 1)
-    value = state.get(3, "w")
-    assert value is not None
-    value["n"] = 6  # the aggregator changes cached values in place, then sets them
-    state.set(3, "w", value)
     state.invalidate()
-    assert state.get(3, "w") == {"n": 5} and state.coalesced() == 0
+    assert stored(table, 3, "w") == {"n": 5} and state.coalesced() == 0
+    for _ in range(5):
+        await asyncio.sleep(0)  # the automatic submit hands it to the producer
+    assert [loads(table, k, v) for _, k, v in out.records()] == [("w", {"n": 5})]
+
+
+async def test_a_fenced_worker_drops_what_waits(table: Any) -> None:  # noqa: F811
+    """A worker frozen past its session owns nothing: its values are stale, dropped."""
+    out = Producer()
+    state = FaustState(table, "raw", output=out, coalesce=True)
+    state.set(3, "w", {"n": 5})
+    state.invalidate(drop=True)
+    assert state.get(3, "w") is None and state.coalesced() == 0
     for _ in range(5):
         await asyncio.sleep(0)
-    assert [loads(table, k, v) for _, k, v in out.records()] == [("w", {"n": 5})]
+    assert out.sent == []
 
 
 async def test_the_memory_store_keeps_a_copy(tmp_path: Any) -> None:
     """The memory store keeps decoded objects: given the cached one, a change made in
-    place after the checkpoint would survive the rebalance that drops it."""
+    place after the checkpoint would survive a drop (and a recovery would start from it)."""
     import faust
 
     from tests.unit.test_state_changelog import SCHEMA
@@ -116,7 +119,7 @@ async def test_the_memory_store_keeps_a_copy(tmp_path: Any) -> None:
     assert live is not None
     live["offs"]["t|1"] = 9
     state.set(1, "u", live)
-    state.invalidate()
+    state.invalidate(drop=True)
     assert state.get(1, "u") == {"offs": {"t|1": 7}}
 
 
@@ -180,3 +183,22 @@ async def test_a_failed_checkpoint_commits_nothing() -> None:
     assert not await consumer._commit_tps(["raw-0"], start_new_transaction=True)
     assert consumer.committed is None
     assert isinstance(consumer.crashed, RuntimeError)
+
+
+async def test_a_handover_checkpoint_is_bounded() -> None:
+    """Revoking partitions waits for the checkpoint, but not forever (broker gone)."""
+    from collector.adapters.checkpoint import checkpoint_before_handover
+
+    app = _App()
+    ran: list[str] = []
+
+    async def done() -> None:
+        ran.append("done")
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    app.state_checkpoints = [done]
+    assert await checkpoint_before_handover(app, 1.0) and ran == ["done"]
+    app.state_checkpoints = [stuck]
+    assert not await checkpoint_before_handover(app, 0.05)
