@@ -116,9 +116,10 @@ class KafkaSettings(_Section):
     changelog_per_commit: bool = Field(
         default=True,
         description="Keep each window state key's newest value in memory and send it to "
-        "the store and changelog once per offset commit (before it), not once per "
-        "batch: a key a commit interval's batches all touch costs one record.  A crash "
-        "reprocesses from the committed offset either way.  False: once per batch.",
+        "the store and changelog once per checkpoint (before each offset commit, "
+        "rebalance and flush), not once per batch: a key that several batches touch in "
+        "between costs one record.  A crash reprocesses from the committed offset either "
+        "way.  False: once per batch.",
     )
     stream_buffer_maxsize: int = Field(
         default=4096, ge=1,
