@@ -14,10 +14,10 @@ the owner clears the cache on every rebalance, before that recovery starts.
 
 With ``coalesce`` the writes do not go to the store and changelog at once either: each
 key's newest value waits in ``_dirty`` until :meth:`FaustState.checkpoint`, which the
-consumer runs before every offset commit (collector.adapters.checkpoint), as Kafka
-Streams' record cache and Quix's transactions do.  A user window touched by every
-batch of a commit interval is then encoded, stored and produced once, not per batch.
-A crash or a rebalance drops what no checkpoint sent, which no commit covered either.
+worker runs before every offset commit, rebalance and flush (collector.adapters.
+checkpoint), as Kafka Streams' record cache does: a window that several batches touch
+in between is encoded, stored and produced once.  A crash drops what no checkpoint
+sent, which no commit covered either.
 """
 
 from __future__ import annotations
@@ -162,8 +162,11 @@ class FaustState:
         if futures:
             await asyncio.gather(*futures)
 
-    def coalesced(self) -> int:
-        """Keys whose newest value waits for the next checkpoint."""
+    def _mark(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        self._dirty.pop(key, None)  # to the end: the checkpoint writes in last-write order
+        self._dirty[key] = (partition, value)
+
+    def coalesced(self) -> int:  # keys whose newest value waits for the next checkpoint
         return len(self._dirty)
 
     def _stand_in(self, partition: int) -> weakref.ref[_StandIn]:
@@ -200,9 +203,7 @@ class FaustState:
             finally:
                 _current_event.reset(token)
         elif self._coalesce:
-            dirty = self._dirty
-            dirty.pop(key, None)  # to the end: the checkpoint writes in last-write order
-            dirty[key] = (partition, value)
+            self._mark(partition, key, value)
         else:
             self._write(partition, key, value)
         if self._cache_max and not key.startswith(self._uncached):
@@ -216,8 +217,7 @@ class FaustState:
     def delete(self, partition: int, key: str) -> None:
         self._cache.pop(key, None)
         if self._coalesce:
-            self._dirty.pop(key, None)
-            self._dirty[key] = (partition, None)
+            self._mark(partition, key, None)
             return
         if self._output is not None:
             self._write(partition, key, None)
