@@ -64,19 +64,30 @@ class DirectDelivery:
         generation = app.consumer_generation_id
         handlers: dict[str, DirectHandler] = app.direct_handlers  # type: ignore[attr-defined]
         add_unacked = self._unacked_messages.add
+        monitor = batch_monitor(app)
         on_message_in = self._on_message_in
         # What a Faust stream would note per event; without it Faust's stall check
         # (verify_event_path) says "Stream has not started processing" at ERROR.
         inbound, now = app.monitor.stream_inbound_time, time.monotonic()
+        by_tp: dict[Any, list[Any]] = {}
         by_topic: dict[str, list[Any]] = {}
         for message in batch:
             if message.generation_id != generation:  # fetched before a rebalance
                 continue
             message.tracked = True
             add_unacked(message)
-            on_message_in(message.tp, message.offset, message)
-            inbound[message.tp] = now
+            tp = message.tp
+            inbound[tp] = now
+            if monitor is None:
+                on_message_in(tp, message.offset, message)
+            else:
+                run = by_tp.get(tp)
+                if run is None:
+                    run = by_tp[tp] = []
+                run.append(message)
             by_topic.setdefault(message.topic, []).append(message)
+        for tp, run in by_tp.items():  # (the sensors in one call per partition)
+            monitor.on_messages_in(tp, run)  # type: ignore[union-attr]
         for topic, messages in by_topic.items():
             await asyncio.shield(asyncio.ensure_future(
                 self._handle_direct(handlers[topic], messages)))
@@ -143,15 +154,34 @@ class DirectDelivery:
 
     def _ack_direct(self, messages: list[Any]) -> None:
         ack = self.ack
-        on_message_out = self.app.sensors.on_message_out
+        monitor = batch_monitor(self.app)
+        on_message_out = None if monitor is not None else self.app.sensors.on_message_out
         failed = self._failed_tps
         generation = self.app.consumer_generation_id
+        out = 0
         for message in messages:
             if failed and failed.get(message.tp) == generation:
                 self._unacked_messages.discard(message)
                 continue
             ack(message)
-            on_message_out(message.tp, message.offset, message)
+            if on_message_out is not None:
+                on_message_out(message.tp, message.offset, message)
+            else:
+                out += 1
+        if out:
+            monitor.on_messages_out(out)  # type: ignore[union-attr]
 
 
-__all__ = ["DIRECT_BATCH_MAX", "DirectDelivery", "DirectHandler"]
+def batch_monitor(app: Any) -> Any:
+    """The app's monitor if it is the only sensor and counts runs of messages at once
+    (:class:`collector.adapters.sensors.CachedPrometheusMonitor`), else None: then each
+    message goes through Faust's sensor delegate, two calls per message (about 1.5 µs,
+    measured, with one event per message)."""
+    monitor = getattr(app, "monitor", None)
+    if not hasattr(monitor, "on_messages_in"):
+        return None
+    sensors = list(getattr(app, "sensors", ()))
+    return monitor if sensors == [monitor] else None
+
+
+__all__ = ["DIRECT_BATCH_MAX", "DirectDelivery", "DirectHandler", "batch_monitor"]

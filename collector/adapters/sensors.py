@@ -36,6 +36,8 @@ class CachedPrometheusMonitor(PrometheusMonitor):
         self._in_by_topic: dict[str, int] = {}
         self._offsets: dict[tuple[str, int], int] = {}
         self._ends: dict[tuple[str, int], int] = {}  # (topic, partition) -> high watermark
+        #: (table name, operation) -> table operations not yet published
+        self._table_ops: dict[tuple[str, str], int] = {}
 
     def publish(self) -> None:
         """Apply the per-message counts to the Prometheus series (before a scrape)."""
@@ -54,6 +56,9 @@ class CachedPrometheusMonitor(PrometheusMonitor):
         ends, self._ends = self._ends, {}
         for (topic, partition), offset in ends.items():
             self._child(m.topic_partition_end_offset, topic, partition).set(offset)
+        ops, self._table_ops = self._table_ops, {}
+        for (name, operation), n in ops.items():
+            self._child(m.table_operations, f"table.{name}", operation).inc(n)
 
     def _child(self, metric: Any, *labels: Any) -> Any:
         key = (id(metric), *labels)
@@ -72,6 +77,26 @@ class CachedPrometheusMonitor(PrometheusMonitor):
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
         Monitor.on_message_out(self, tp, offset, message)
         self._out += 1
+
+    def on_messages_in(self, tp: Any, messages: list[Any]) -> None:
+        """:meth:`on_message_in` for a fetched run of one partition's messages, in
+        offset order (direct delivery): the same counts, one update per run.  The
+        messages' ``time_in`` is left unset: only ``on_message_out`` reads it, to set a
+        ``time_total`` that nothing reads."""
+        n = len(messages)
+        topic, last = tp.topic, messages[-1].offset
+        self.messages_received_total += n
+        self.messages_active += n
+        self.messages_received_by_topic[topic] += n
+        self.tp_read_offsets[tp] = last
+        self._in += n
+        self._in_by_topic[topic] = self._in_by_topic.get(topic, 0) + n
+        self._offsets[(topic, tp.partition)] = last
+
+    def on_messages_out(self, n: int) -> None:
+        """:meth:`on_message_out` for ``n`` acked messages of a direct batch."""
+        self.messages_active -= n
+        self._out += n
 
     def track_tp_end_offset(self, tp: Any, offset: int) -> None:
         """Per fetched message (Faust's getmany): the high watermark gauge, published on
@@ -104,12 +129,12 @@ class CachedPrometheusMonitor(PrometheusMonitor):
         self._table_op(table, self.KEYS_DELETED)
 
     def _table_op(self, table: Any, operation: str) -> None:
-        child = self._labelled.get(("table", table.name, operation))
-        if child is None:
-            child = self._labelled[("table", table.name, operation)] = (
-                self._metrics.table_operations.labels(f"table.{table.name}", operation)
-            )
-        child.inc()
+        """Counted in plain Python, published on collect like the message counts: a
+        locked ``inc`` per state read was 2.5% of batch50's samples (every window a
+        batch opens is a read that misses)."""
+        key = (table.name, operation)
+        ops = self._table_ops
+        ops[key] = ops.get(key, 0) + 1
 
     def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int,
                           valsize: int) -> Any:

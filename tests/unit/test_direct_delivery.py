@@ -95,6 +95,35 @@ async def test_each_topic_gets_its_messages_as_one_list_acked_after_it_returns()
     assert sorted(consumer.sensed_in) == sorted(consumer.sensed_out) == [0, 1, 2, 5]
 
 
+async def test_the_only_monitor_counts_each_partitions_run_in_one_call() -> None:
+    """With our monitor as the app's only sensor, a batch's messages are counted per
+    partition run, in and out, and a failed partition's messages never count as out."""
+    from faust.types import TP
+    from prometheus_client import CollectorRegistry
+
+    from collector.adapters.sensors import monitor_for
+
+    async def handle(messages: list[Message]) -> None:
+        assert monitor.messages_active == 5, "counted in before the handler runs"
+        if messages[0].topic == "b":
+            raise RuntimeError("boom")
+
+    consumer = Consumer({"a": handle, "b": handle})
+    monitor = monitor_for(CollectorRegistry())
+    monitor.stream_inbound_time = {}
+    consumer.app.monitor, consumer.app.sensors = monitor, [monitor]
+    batch = [Message("a", 0), Message("b", 5), Message("a", 1, partition=1), Message("a", 2)]
+    batch.append(Message("a", 3, partition=1))
+    for message in batch:
+        message.tp = TP(message.topic, message.partition)  # type: ignore[assignment]
+    await consumer.deliver(batch)
+    assert consumer.sensed_in == [] and consumer.sensed_out == []  # not per message
+    assert monitor.messages_received_total == 5
+    assert dict(monitor.tp_read_offsets) == {TP("a", 0): 2, TP("b", 0): 5, TP("a", 1): 3}
+    assert monitor.messages_active == 1  # b's message failed: never acked
+    assert sorted(m.offset for m in consumer.acked) == [0, 1, 2, 3]
+
+
 async def test_nothing_is_handled_or_tracked_while_the_flow_is_suspended() -> None:
     calls: list[Any] = []
 

@@ -4,6 +4,8 @@ aggregates it lists for the page), without Kafka."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -317,3 +319,48 @@ def test_the_summary_lists_the_configured_aggregates_for_the_page() -> None:
          "keys": ["source", "properties_plan"],
          "measures": ["count", "sum_value", "users", "users_truncated"],
          "path": "/api/v1/aggregates/plans"}]
+
+
+def test_runs_of_messages_count_as_each_message_would() -> None:
+    """Direct delivery tells the monitor about a partition's run of messages in one call
+    (``on_messages_in``/``on_messages_out``): the published series and Faust's own
+    monitor counts must equal what one call per message gives."""
+    from faust.types import TP
+
+    from collector.adapters.direct import batch_monitor
+    from collector.adapters.sensors import monitor_for
+
+    class Message:
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+            self.time_in = self.time_out = self.time_total = None
+
+    tps = [TP("collect.raw.web", 0), TP("collect.raw.web", 1), TP("collect.raw.mobile", 0)]
+    runs = {tp: [Message(o) for o in range(10 * i, 10 * i + 4 + i)] for i, tp in enumerate(tps)}
+
+    def snapshot(registry: CollectorRegistry, monitor: Any) -> tuple[Any, ...]:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in registry.collect() for s in family.samples
+                   if not s.name.endswith(("_created", "_sum", "_bucket", "_count"))}
+        return (samples, monitor.messages_received_total, monitor.messages_active,
+                dict(monitor.messages_received_by_topic), dict(monitor.tp_read_offsets))
+
+    one, each = CollectorRegistry(), CollectorRegistry()
+    by_message, by_run = monitor_for(each), monitor_for(one)
+    for tp, run in runs.items():
+        for message in run:
+            by_message.on_message_in(tp, message.offset, message)
+        by_run.on_messages_in(tp, run)
+    acked = [(tps[0], m) for m in runs[tps[0]]] + [(tps[2], m) for m in runs[tps[2]][:2]]
+    for tp, message in acked:  # some acked, the rest still active
+        by_message.on_message_out(tp, message.offset, message)
+    by_run.on_messages_out(len(acked))
+    assert snapshot(one, by_run) == snapshot(each, by_message)
+    assert by_run.messages_active == sum(map(len, runs.values())) - len(acked) == 9
+
+    # only when the monitor is the app's only sensor: another sensor sees every message
+    app = SimpleNamespace(monitor=by_run, sensors=[by_run])
+    assert batch_monitor(app) is by_run
+    app.sensors = [by_run, object()]
+    assert batch_monitor(app) is None
+    assert batch_monitor(SimpleNamespace(monitor=object(), sensors=[])) is None
