@@ -7,7 +7,9 @@ the settings from the environment once (a bad value exits 2 before anything conn
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import gc
+
+from prometheus_client import CollectorRegistry, GCCollector
 
 from collector.adapters.app import CollectorApp, new_app
 from collector.adapters.tables import create_tables
@@ -37,5 +39,20 @@ def default_app() -> CollectorApp:
     """The process's app from the environment's settings, built on first use."""
     global _default
     if _default is None:
-        _default = create_app(load_settings_or_exit())
+        settings = load_settings_or_exit()
+        tune_gc(settings.app.gc_thresholds)
+        _default = create_app(settings)
+        # python_gc_*: collections per generation and what they found (process-wide)
+        GCCollector(registry=_default.runtime.registry)
     return _default
+
+
+def tune_gc(thresholds: str) -> tuple[int, ...]:
+    """Set the process's garbage-collector thresholds (``app.gc_thresholds``: empty keeps
+    Python's); the previous ones.  Process-wide, so only the worker's own app does it,
+    not :func:`create_app` (tests build many apps in one process)."""
+    previous = gc.get_threshold()
+    if thresholds:
+        gen0, gen1, gen2 = (int(part) for part in thresholds.split(","))
+        gc.set_threshold(gen0, gen1, gen2)
+    return previous

@@ -306,6 +306,7 @@ class AppSettings(_Section):
     rocksdb_write_buffer_mb: int = Field(default=8, ge=1, description="RocksDB memtable size (MB) per table partition, two per partition. Faust's 64 MB x 3 let the worker's memory grow with the events written.")  # noqa: E501
     rocksdb_memory_mb: int = Field(default=32, ge=8, description="RocksDB memory (MB) for the whole worker: one block cache shared by every table partition, memtables and index/filter blocks charged to it (memtables up to half). Faust's defaults gave each partition its own 2 GB cache and 192 MB of memtables; 128 let a 500k-event run peak 20-25 MB higher than 32 with no CPU to show for it (docs/benchmarks.md). Raise it when the state cache misses often (many more users than app.state_cache_keys).")  # noqa: E501
     state_cache_keys: int = Field(default=20_000, ge=0, description="Decoded state entries a worker keeps in process per table (0: none), the least recently written evicted first; reads of the others go to the store. About 1-5 KB each: keep it above the users a worker sees within a flush interval or two (sessions entries are never cached).")  # noqa: E501
+    gc_thresholds: str = Field(default="10000,50,1000", description="The worker's gc.set_threshold(gen0,gen1,gen2) (empty: Python's 700,10,10). With Python's, full collections walked the worker's whole heap (about 115 ms each) every few seconds under load: 17-26% of its CPU, docs/benchmarks.md. Our state is acyclic and freed by reference counting; the collector only finds cycles, now rarely.")  # noqa: E501
     standby_replicas: int = Field(default=1, ge=0, description="Table standby replicas.")
     instance_id: str = Field(
         default="", description="Static group membership id (empty: dynamic membership)."
@@ -345,6 +346,14 @@ class AppSettings(_Section):
         if not _TOPIC_RE.match(value):
             raise ValueError("app id must be a valid Kafka name ([A-Za-z0-9._-])")
         return value
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _gc(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[1-9]\d{2,},\d+,\d+", value.replace(" ", "")):
+            raise ValueError("gc_thresholds must be gen0,gen1,gen2 integers with gen0 >= 100 "
+                             "(0 turns the collector off), or empty for Python's defaults")
+        return value.replace(" ", "")
 
 
 class Settings(BaseSettings):

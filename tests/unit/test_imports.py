@@ -49,6 +49,36 @@ def test_the_lazy_app_attribute_exits_2_on_a_bad_environment() -> None:
     assert "kafka.partitions" in proc.stderr
 
 
+def test_the_workers_app_sets_the_gc_thresholds_and_importing_does_not() -> None:
+    """``app.gc_thresholds`` reaches the worker's process (Python's 700,10,10 cost the
+    worker 17-26% of its CPU in full collections); an import, or an app built by
+    ``create_app`` (tests build many), leaves the process's thresholds alone."""
+    code = ("import gc, collector, collector.factory as f\n"
+            "before = gc.get_threshold()\n"
+            "f.create_app(f.load_settings_or_exit())\n"
+            "assert gc.get_threshold() == before, 'create_app changed them'\n"
+            "names = {m.name for m in collector.app.runtime.registry.collect()}\n"
+            "assert 'python_gc_collections' in names, names\n"
+            "print(before, gc.get_threshold())\n")
+
+    def run(value: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "COLLECTOR_APP__GC_THRESHOLDS"}
+        if value is not None:
+            env["COLLECTOR_APP__GC_THRESHOLDS"] = value
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    assert run(None) == "(700, 10, 10) (10000, 50, 1000)"  # the default
+    assert run("5000, 20, 100") == "(700, 10, 10) (5000, 20, 100)"
+    assert run("") == "(700, 10, 10) (700, 10, 10)"  # empty: Python's own
+    env = {**os.environ, "COLLECTOR_APP__GC_THRESHOLDS": "0,10,10"}  # would turn it off
+    proc = subprocess.run([sys.executable, "-c", "import collector; collector.app"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "app.gc_thresholds" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_the_factory_registers_agents_tables_views_and_the_transport() -> None:
     app = create_app(load_settings())
     assert isinstance(app, faust.App) and app.runtime is not None
