@@ -47,12 +47,10 @@ def default_app() -> CollectorApp:
     return _default
 
 
-def tune_gc(thresholds: str) -> tuple[int, ...]:
+def tune_gc(thresholds: str) -> None:
     """Set the process's garbage-collector thresholds (``app.gc_thresholds``: empty keeps
-    Python's); the previous ones.  Process-wide, so only the worker's own app does it,
-    not :func:`create_app` (tests build many apps in one process)."""
-    previous = gc.get_threshold()
+    Python's).  Process-wide, so only the worker's own app does it, not
+    :func:`create_app` (tests build many apps in one process)."""
     if thresholds:
         gen0, gen1, gen2 = (int(part) for part in thresholds.split(","))
         gc.set_threshold(gen0, gen1, gen2)
-    return previous
